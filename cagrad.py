@@ -1,0 +1,254 @@
+"""Conflict-averse combination of per-objective gradients, on the m x m Gram matrix alone.
+
+Every method in this project is a map (H, w) -> a, where H[i, j] = <g_i, g_j> is the Gram matrix of the m
+per-objective gradients, w the user's weights on the simplex, and the update direction is d = sum_i a[i] * g_i.
+No model is in sight here: the functions take an (m, m) matrix and return m numbers, so they can be checked
+against brute force in microseconds and reused by the toy, the tests and the training loop alike.
+
+RACO's step (Algorithm 1, "CAGrad-Clip"), in the paper's symbols:
+    g0   = sum_i w_i g_i                                  (the gradient of the weighted loss L_w)
+    p    = argmin_{p in simplex} Phi(p) = G_p . g0 + c ||g0|| ||G_p||,    G_p = sum_i p_i g_i
+    p~   = min(p, w)                                      (the clip; no renormalisation, so sum p~ <= 1)
+    G~   = sum_i p~_i g_i
+    d    = g0 + c ||g0|| G~ / ||G~||
+On the Gram matrix, with b = H w (b_i = <g_i, g0>) and s = c sqrt(w^T H w):
+    Phi(p) = b^T p + s sqrt(p^T H p)     and     a = w + s p~ / sqrt(p~^T H p~).
+The solution is invariant to H -> k H (k > 0), so H is divided by its trace before solving: the same answer comes
+out for gradients of norm 1e-15 (typical of LLM losses) and 1e15 (the authors' solver, which compares coefficients
+with an absolute 1e-12, silently falls back to a vertex for small gradients).
+"""
+
+import math
+from itertools import combinations
+
+import numpy as np
+import torch
+
+METHODS = ("lw", "cagrad", "raco", "mgda", "pcgrad")
+
+# Below this (relative to trace(H) = 1) a squared norm is treated as zero. Gradients whose directions differ by
+# less than ~1e-6 in cosine are colinear for every purpose of the solver.
+_ZERO = 1e-12
+# Exact face enumeration costs 2^m - 1 small solves: instant for the m <= 5 anyone trains with, ~1 ms at m = 8.
+_MAX_ENUMERATION_M = 10
+
+
+def phi(H, b, s, p):
+    """The CAGrad dual objective Phi(p) = b^T p + s sqrt(p^T H p); all numpy float64."""
+    return float(b @ p + s * math.sqrt(max(float(p @ H @ p), 0.0)))
+
+
+def clip_to_weights(p, w):
+    """Step 5 of Algorithm 1: p~ = min(p, w) elementwise, deliberately *not* renormalised (sum p~ <= 1)."""
+    return np.minimum(p, w)
+
+
+def solve_dual_two(H, b, s):
+    """Closed-form argmin of Phi over the 2-simplex, p = (lam, 1 - lam) (SPEC section 2).
+
+    Q(lam) = q2 lam^2 + q1 lam + q0 = ||G_p||^2 and h(lam) = b_2 + delta lam + s sqrt(Q(lam)). Setting h' = 0 and
+    squaring gives a quadratic in lam; its real roots in [0, 1], the endpoints, and the argmin of Q (where h is not
+    differentiable when Q touches 0, e.g. antiparallel gradients) are the candidates. Squaring adds spurious
+    roots, so the candidate with the smallest h wins. H should be normalised (trace 1): tolerances are relative.
+    """
+    delta = b[0] - b[1]
+    q2 = H[0, 0] + H[1, 1] - 2.0 * H[0, 1]
+    q1 = 2.0 * (H[0, 1] - H[1, 1])
+    q0 = H[1, 1]
+    candidates = [0.0, 1.0]
+    if q2 > _ZERO:
+        candidates.append(-q1 / (2.0 * q2))
+    # (delta^2 q2 - s^2 q2^2) lam^2 + (delta^2 q1 - s^2 q1 q2) lam + delta^2 q0 - s^2 q1^2 / 4 = 0
+    A = delta**2 * q2 - s**2 * q2**2
+    B = delta**2 * q1 - s**2 * q1 * q2
+    C = delta**2 * q0 - s**2 * q1**2 / 4.0
+    if abs(A) > _ZERO:
+        disc = B * B - 4.0 * A * C
+        if disc >= 0.0:
+            root = math.sqrt(disc)
+            candidates += [(-B + root) / (2.0 * A), (-B - root) / (2.0 * A)]
+    elif abs(B) > _ZERO:
+        candidates.append(-C / B)
+
+    def h(lam):
+        return b[1] + delta * lam + s * math.sqrt(max(q2 * lam * lam + q1 * lam + q0, 0.0))
+
+    lam = min((x for x in candidates if 0.0 <= x <= 1.0), key=h)
+    return np.array([lam, 1.0 - lam])
+
+
+def _face_minimiser(H, b, s, face):
+    """Stationary point of Phi on the relative interior of a face of the simplex, or None.
+
+    Parametrise the face's affine hull as p = e_{face[0]} + Z y with Z's columns e_j - e_{face[0]}, so that
+    ||G_p||^2 = q(y) = y^T M y + 2 k^T y + k0 and Phi = const + v^T y + s sqrt(q(y)). If M is singular, Phi is
+    constant along a direction inside the face, so some smaller face holds a minimiser: skip. Otherwise
+    completing the square, q = (y - y_q)^T M (y - y_q) + q_min, and Phi' = 0 gives the single point
+    y = y_q - (r / s) M^-1 v with r^2 (1 - v^T M^-1 v / s^2) = q_min; where q_min = 0 the kink y_q is the candidate.
+    """
+    first, rest = face[0], list(face[1:])
+    Z = np.zeros((len(H), len(rest)))
+    Z[first, :] = -1.0
+    Z[rest, range(len(rest))] = 1.0
+    M = Z.T @ H @ Z
+    if np.linalg.eigvalsh(M)[0] <= _ZERO:
+        return None
+    k = H[:, first] @ Z
+    v = b @ Z
+    y_q = -np.linalg.solve(M, k)
+    q_min = max(H[first, first] + k @ y_q, 0.0)
+    M_inv_v = np.linalg.solve(M, v)
+    alpha = v @ M_inv_v
+    if s <= 0.0 or alpha >= s * s:  # no stationary point inside: the face's minimum lies on its boundary
+        return None
+    r = math.sqrt(q_min / (1.0 - alpha / (s * s)))
+    y = y_q - (r / s) * M_inv_v
+    p = np.zeros(len(H))
+    p[first] = 1.0 - y.sum()
+    p[rest] = y
+    return p if p.min() >= -1e-12 else None
+
+
+def solve_dual(H, b, s):
+    """argmin_{p in simplex} b^T p + s sqrt(p^T H p) for any m; H normalised (trace 1).
+
+    m = 2: closed form. m <= 10: exact, by enumerating every face of the simplex (vertices, edges, ..., the
+    interior) and taking the best stationary point (Phi is convex, so the face holding the minimiser yields it).
+    m > 10: projected gradient on the simplex warm-started at the best vertex, then polished by the exact face
+    solve on the support it found.
+    """
+    m = len(H)
+    if m == 1:
+        return np.ones(1)
+    if m == 2:
+        return solve_dual_two(H, b, s)
+    if m <= _MAX_ENUMERATION_M:
+        faces = [f for size in range(2, m + 1) for f in combinations(range(m), size)]
+        candidates = [np.eye(m)[i] for i in range(m)] + [_face_minimiser(H, b, s, f) for f in faces]
+        candidates = [p for p in candidates if p is not None]
+        return np.clip(min(candidates, key=lambda p: phi(H, b, s, p)), 0.0, None)
+    return _solve_iterative(H, b, s)
+
+
+def _project_to_simplex(x):
+    """Euclidean projection onto {p >= 0, sum p = 1} (sort-based, Held et al. 1974)."""
+    u = np.sort(x)[::-1]
+    cumulative = np.cumsum(u) - 1.0
+    rho = np.nonzero(u - cumulative / np.arange(1, len(x) + 1) > 0)[0][-1]
+    return np.maximum(x - cumulative[rho] / (rho + 1.0), 0.0)
+
+
+def _solve_iterative(H, b, s, iters=5000):
+    m = len(H)
+    p = np.eye(m)[min(range(m), key=lambda i: phi(H, b, s, np.eye(m)[i]))]
+    step = 1.0
+    for _ in range(iters):
+        norm = math.sqrt(max(float(p @ H @ p), 0.0))
+        grad = b + (s * (H @ p) / norm if norm > 1e-9 else 0.0)
+        while True:  # backtracking: Phi's curvature grows without bound near G_p = 0
+            candidate = _project_to_simplex(p - step * grad)
+            if phi(H, b, s, candidate) <= phi(H, b, s, p) - 0.5 / step * np.sum((candidate - p) ** 2) + 1e-15:
+                break
+            step *= 0.5
+        if np.abs(candidate - p).max() < 1e-13:
+            break
+        p, step = candidate, step * 1.5
+    support = tuple(np.nonzero(p > 1e-9)[0])
+    polished = _face_minimiser(H, b, s, support) if len(support) > 1 else None
+    if polished is not None and phi(H, b, s, polished) <= phi(H, b, s, p):
+        p = np.clip(polished, 0.0, None)
+    return p
+
+
+def _pcgrad(H, w):
+    """PCGrad (Yu et al. 2020) as coefficients: g_i^PC = g_i minus its projections onto the g_j it conflicts with.
+
+    Each projection subtracts a multiple of some g_j, so g_i^PC = sum_k C[i, k] g_k and every inner product
+    <g_i^PC, g_j> = C[i] . H[:, j] comes from the Gram matrix. The original shuffles the order of j per step; we
+    use the fixed cyclic order i+1, i+2, ... so a step is reproducible. User weights scale the *projected*
+    gradients, d = sum_i w_i g_i^PC: with no conflict this is exactly DPO-LW.
+    """
+    m = len(H)
+    C = np.eye(m)
+    for i in range(m):
+        for j in [(i + k) % m for k in range(1, m)]:
+            inner = C[i] @ H[:, j]
+            if inner < 0.0 and H[j, j] > _ZERO:
+                C[i, j] -= inner / H[j, j]
+    return w @ C
+
+
+def _cosines(H):
+    norms = np.sqrt(np.clip(np.diag(H), 0.0, None))
+    outer = np.outer(norms, norms)
+    return np.divide(H, outer, out=np.zeros_like(H), where=outer > 0)
+
+
+def _cos(H, x, y):
+    """cos(G x, G y) from the Gram matrix; 0 where either vector is zero."""
+    denominator = math.sqrt(max(x @ H @ x, 0.0) * max(y @ H @ y, 0.0))
+    return float(x @ H @ y / denominator) if denominator > 0 else 0.0
+
+
+def coefficients(H, w, method="raco", c=0.4):
+    """Map the Gram matrix of m per-objective gradients to the coefficients of the update direction.
+
+    H: (m, m) symmetric PSD tensor or array (any float dtype), H[i, j] = <g_i, g_j>
+    w: length-m user weights on the simplex (sequence or tensor)
+    method:
+      "lw"     DPO-LW, loss weighting: a = w, d = g0.
+      "cagrad" CAGrad (Liu et al. 2021): Algorithm 1 without the clip, no rescaling.
+      "raco"   RACO, CAGrad-Clip: Algorithm 1 with p~ = min(p, w). c = 0 gives a = w for both.
+      "mgda"   MGDA (Sener & Koltun 2018): a = the min-norm point of the convex hull of the g_i. It ignores w on
+               purpose: it finds *a* Pareto-critical point, not the one the weights ask for, which is exactly the
+               contrast the toy and the Pareto sweep show.
+      "pcgrad" PCGrad (Yu et al. 2020): projected gradients, weighted by w after the surgery (see _pcgrad).
+    c: the CAGrad radius, 0 <= c < 1 (used by cagrad and raco).
+    Returns (a, info): a is an (m,) float64 tensor with d = sum_i a[i] g_i; info holds "p" (dual / min-norm
+    weights) for cagrad, raco and mgda, "p_clipped" for raco, and the diagnostics "cosines" (m, m), "grad_norms",
+    "g0_norm", "direction_norm", "rho" = cos(g0, G_p) and "rho_clipped" = cos(g0, G~) where they apply.
+    Degenerate input (all-zero H, zero or colinear gradients, zero weights) gives finite a; where ||g0|| = 0 or
+    ||G~|| = 0 the step falls back to d = g0 (a = w), as Algorithm 1 prescribes.
+    """
+    H = torch.as_tensor(H).detach().to("cpu", torch.float64).numpy()
+    w = torch.as_tensor(w, dtype=torch.float64).detach().cpu().numpy().reshape(-1)
+    m = len(w)
+    if H.shape != (m, m):
+        raise ValueError(f"H must be ({m}, {m}) for {m} weights, got {tuple(H.shape)}")
+    if not np.isfinite(H).all():
+        raise ValueError("H has non-finite entries (a gradient overflowed or is NaN)")
+    if (w < 0).any() or abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"weights must be >= 0 and sum to 1, got {w.tolist()}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if not 0.0 <= c < 1.0:
+        raise ValueError(f"c must be in [0, 1), got {c}")
+
+    H = (H + H.T) / 2.0
+    info = {"cosines": _cosines(H), "grad_norms": np.sqrt(np.clip(np.diag(H), 0.0, None)),
+            "g0_norm": math.sqrt(max(w @ H @ w, 0.0))}
+    trace = float(np.trace(H))
+    Hn = H / trace if trace > 0 else H  # scale invariance: the answer depends on H only up to a positive factor
+
+    a = w.copy()
+    if method == "pcgrad":
+        a = _pcgrad(Hn, w)
+    elif method == "mgda":
+        info["p"] = solve_dual(Hn, np.zeros(m), 1.0) if trace > 0 else np.full(m, 1.0 / m)
+        a = info["p"].copy()
+    elif method in ("cagrad", "raco"):
+        b = Hn @ w                                      # b_i = <g_i, g0>
+        s = c * math.sqrt(max(w @ Hn @ w, 0.0))         # s = c ||g0||
+        p = solve_dual(Hn, b, s)                         # step 4: the dual
+        p_tilde = clip_to_weights(p, w) if method == "raco" else p  # step 5: the clip
+        norm_tilde = math.sqrt(max(p_tilde @ Hn @ p_tilde, 0.0))      # ||G~||
+        if s > 0 and norm_tilde > math.sqrt(_ZERO):
+            a = w + s * p_tilde / norm_tilde            # step 7: d = g0 + c ||g0|| G~ / ||G~||
+        info["p"] = p
+        info["rho"] = _cos(H, w, p)
+        if method == "raco":
+            info["p_clipped"] = p_tilde
+            info["rho_clipped"] = _cos(H, w, p_tilde)
+    info["direction_norm"] = math.sqrt(max(a @ H @ a, 0.0))
+    info = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in info.items()}
+    return torch.from_numpy(a), info

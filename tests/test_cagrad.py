@@ -1,0 +1,232 @@
+"""The solvers of cagrad.py against independent computations: brute force, KKT certificates, hand-worked values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cagrad import coefficients, phi, solve_dual, solve_dual_two
+
+RNG = np.random.default_rng(0)
+
+
+def random_problem(m, dim, c=0.4, rng=RNG):
+    G = rng.normal(size=(m, dim))
+    H = G @ G.T
+    H /= np.trace(H)
+    w = rng.dirichlet(np.ones(m))
+    return G, H, H @ w, c * math.sqrt(w @ H @ w), w
+
+
+def brute_force_two(H, b, s):
+    """Dense grid then golden-section refinement of the convex h(lam) = Phi((lam, 1 - lam))."""
+    h = lambda lam: phi(H, b, s, np.array([lam, 1 - lam]))
+    grid = np.linspace(0, 1, 2001)
+    best = grid[np.argmin([h(x) for x in grid])]
+    lo, hi = max(best - 1e-3, 0.0), min(best + 1e-3, 1.0)
+    for _ in range(200):
+        x1, x2 = lo + (hi - lo) * 0.382, lo + (hi - lo) * 0.618
+        lo, hi = (lo, x2) if h(x1) <= h(x2) else (x1, hi)
+    return min(h(lo), h(best), h(0.0), h(1.0))
+
+
+def frank_wolfe_gap(H, b, s, p):
+    """grad^T p - min_i grad_i >= Phi(p) - Phi*, by convexity: a certificate of optimality that needs no solver."""
+    grad = b + s * (H @ p) / math.sqrt(p @ H @ p)
+    return float(grad @ p - grad.min())
+
+
+def test_worked_example_from_spec():
+    G = torch.tensor([[1.0, -4.0], [-1.0, 1.0]], dtype=torch.float64)
+    a, info = coefficients(G @ G.T, [0.2, 0.8], "raco", c=0.5)
+    assert info["p"][0].item() == pytest.approx(0.356145, abs=1e-6)
+    assert info["rho"] == pytest.approx(0.3458, abs=1e-4)
+    assert info["rho_clipped"] == pytest.approx(0.9433, abs=1e-4)
+    # the direction by hand from Algorithm 1: d = g0 + c ||g0|| G~ / ||G~||, with p~ = (0.2, 1 - lam*)
+    g0 = 0.2 * G[0] + 0.8 * G[1]
+    G_tilde = 0.2 * G[0] + (1 - 0.356145) * G[1]
+    d = g0 + 0.5 * g0.norm() * G_tilde / G_tilde.norm()
+    assert torch.allclose(a @ G, d, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 50])
+def test_closed_form_matches_brute_force(dim):
+    for _ in range(40):
+        _, H, b, s, _ = random_problem(2, dim)
+        found = phi(H, b, s, solve_dual_two(H, b, s))
+        assert found <= brute_force_two(H, b, s) + 1e-12
+
+
+def test_closed_form_matches_general_solver():
+    # the face enumeration is an independent derivation (sum-zero parametrisation, not the squared quadratic)
+    from cagrad import _face_minimiser
+    for _ in range(100):
+        _, H, b, s, _ = random_problem(2, 4)
+        candidates = [np.eye(2)[0], np.eye(2)[1], _face_minimiser(H, b, s, (0, 1))]
+        best = min(phi(H, b, s, p) for p in candidates if p is not None)
+        assert phi(H, b, s, solve_dual_two(H, b, s)) == pytest.approx(best, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("m", [3, 4, 6, 12])
+def test_general_solver_reaches_the_minimum(m):
+    for trial in range(20):
+        dim = [2, m - 1, m + 3][trial % 3]  # rank-deficient Gram matrices included
+        _, H, b, s, _ = random_problem(m, dim)
+        p = solve_dual(H, b, s)
+        assert p.min() >= 0 and p.sum() == pytest.approx(1.0, abs=1e-12)
+        value = phi(H, b, s, p)
+        assert frank_wolfe_gap(H, b, s, p) <= 1e-9 * max(abs(value), 1e-12)
+        # and no point of a random cloud on the simplex does better
+        cloud = RNG.dirichlet(np.ones(m) * 0.3, size=2000)
+        assert value <= min(phi(H, b, s, q) for q in cloud) + 1e-12
+
+
+def test_iterative_solver_agrees_with_enumeration():
+    from cagrad import _solve_iterative
+    for _ in range(10):
+        _, H, b, s, _ = random_problem(5, 8)
+        exact = phi(H, b, s, solve_dual(H, b, s))
+        assert phi(H, b, s, _solve_iterative(H, b, s)) == pytest.approx(exact, rel=1e-9, abs=1e-14)
+
+
+@pytest.mark.parametrize("method", ["lw", "cagrad", "raco", "mgda", "pcgrad"])
+@pytest.mark.parametrize("m", [2, 3])
+def test_scale_invariance(method, m):
+    G, _, _, _, w = random_problem(m, 7)
+    H = torch.from_numpy(G @ G.T)
+    a, _ = coefficients(H, w, method)
+    for k in [1e-30, 1e-15, 1e-3, 1e3, 1e15, 1e30]:
+        a_k, _ = coefficients(k * H, w, method)
+        assert torch.allclose(a_k, a, rtol=1e-9, atol=1e-12), (k, a_k, a)
+
+
+def test_clip_is_elementwise_min_without_renormalisation():
+    for _ in range(50):
+        G, H, _, _, w = random_problem(3, 10)
+        a, info = coefficients(H, w, "raco", c=0.6)
+        p, p_tilde = info["p"].numpy(), info["p_clipped"].numpy()
+        assert np.array_equal(p_tilde, np.minimum(p, w))
+        # a = w + s p~ / ||G~||: the clipped mixture enters unnormalised (||G~|| uses the unnormalised p~)
+        s = 0.6 * math.sqrt(w @ H @ w)
+        assert np.allclose(a.numpy(), w + s * p_tilde / math.sqrt(p_tilde @ H @ p_tilde), atol=1e-12)
+
+
+def test_cagrad_skips_the_clip():
+    G, H, _, _, w = random_problem(2, 10)
+    a, info = coefficients(H, w, "cagrad", c=0.4)
+    p = info["p"].numpy()
+    s = 0.4 * math.sqrt(w @ H @ w)
+    assert np.allclose(a.numpy(), w + s * p / math.sqrt(p @ H @ p), atol=1e-12)
+    assert "p_clipped" not in info
+
+
+@pytest.mark.parametrize("method", ["cagrad", "raco"])
+def test_c_zero_reduces_to_loss_weighting(method):
+    _, H, _, _, w = random_problem(3, 5)
+    a, _ = coefficients(H, w, method, c=0.0)
+    assert np.allclose(a.numpy(), w)
+    a_lw, _ = coefficients(H, w, "lw")
+    assert np.allclose(a_lw.numpy(), w)
+
+
+def test_clip_never_lowers_cosine_for_two_objectives():
+    strictly_better = 0
+    for _ in range(300):
+        _, H, _, _, w = random_problem(2, 20)
+        _, info = coefficients(H, w, "raco", c=0.4)
+        assert info["rho_clipped"] >= info["rho"] - 1e-12
+        lam = info["p"][0].item()
+        strictly_better += 1e-9 < lam < 1 - 1e-9 and abs(lam - w[0]) > 1e-6 and info["rho_clipped"] > info["rho"] + 1e-9
+    assert strictly_better > 0  # interior duals exist in 20 dimensions, and there the clip helps
+
+
+def test_cagrad_direction_solves_the_primal():
+    # CAGrad's dual solution gives the direction maximising min_i <g_i, d> over the ball ||d - g0|| <= c ||g0||;
+    # check that no sampled direction in that ball has a larger worst-case improvement.
+    G, H, _, _, w = random_problem(2, 3, rng=np.random.default_rng(3))
+    a, _ = coefficients(H, w, "cagrad", c=0.5)
+    d = a.numpy() @ G
+    g0 = w @ G
+    worst = lambda x: (G @ x).min()
+    directions = RNG.normal(size=(20000, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    ball = g0 + 0.5 * np.linalg.norm(g0) * directions * RNG.uniform(0, 1, size=(20000, 1)) ** (1 / 3)
+    assert worst(d) >= max(worst(x) for x in ball) - 1e-9
+    assert np.linalg.norm(d - g0) <= 0.5 * np.linalg.norm(g0) + 1e-9
+
+
+def test_mgda_is_the_min_norm_point_and_ignores_weights():
+    G, H, _, _, _ = random_problem(3, 10)
+    a1, info = coefficients(H, [0.2, 0.3, 0.5], "mgda")
+    a2, _ = coefficients(H, [0.9, 0.05, 0.05], "mgda")
+    assert torch.equal(a1, a2) and torch.equal(a1, info["p"])
+    norm = lambda p: p @ H @ p
+    cloud = RNG.dirichlet(np.ones(3) * 0.3, size=5000)
+    assert norm(a1.numpy()) <= min(norm(q) for q in cloud) + 1e-12
+
+
+def test_pcgrad_matches_explicit_projection():
+    G, H, _, _, w = random_problem(3, 6, rng=np.random.default_rng(7))
+    projected = []
+    for i in range(3):
+        g = G[i].copy()
+        for j in [(i + 1) % 3, (i + 2) % 3]:
+            if g @ G[j] < 0:
+                g -= (g @ G[j]) / (G[j] @ G[j]) * G[j]
+        projected.append(g)
+    expected = sum(w[i] * projected[i] for i in range(3))
+    a, _ = coefficients(H, w, "pcgrad")
+    assert np.allclose(a.numpy() @ G, expected, atol=1e-10)
+    # without conflicts PCGrad is loss weighting
+    G_agree = np.abs(G)
+    a, _ = coefficients(G_agree @ G_agree.T, w, "pcgrad")
+    assert np.allclose(a.numpy(), w)
+
+
+@pytest.mark.parametrize("method", ["lw", "cagrad", "raco", "mgda", "pcgrad"])
+def test_degenerate_inputs_give_finite_coefficients(method):
+    g = np.array([1.0, 2.0, -1.0])
+    cases = {
+        "all zero": (np.zeros((2, 3)), [0.5, 0.5]),
+        "one zero gradient": (np.stack([np.zeros(3), g]), [0.5, 0.5]),
+        "antiparallel, g0 = 0": (np.stack([g, -g]), [0.5, 0.5]),
+        "antiparallel": (np.stack([g, -g]), [0.7, 0.3]),
+        "identical": (np.stack([g, g]), [0.3, 0.7]),
+        "colinear": (np.stack([g, 3 * g]), [0.3, 0.7]),
+        "zero weight": (np.stack([g, np.array([-1.0, 0.0, 2.0])]), [1.0, 0.0]),
+        "three, one zero": (np.stack([g, np.zeros(3), -g]), [0.2, 0.5, 0.3]),
+    }
+    for name, (G, w) in cases.items():
+        a, info = coefficients(G @ G.T, w, method)
+        assert torch.isfinite(a).all(), name
+        assert all(torch.isfinite(v).all() if torch.is_tensor(v) else math.isfinite(v) for v in info.values()), name
+        if name == "antiparallel, g0 = 0" and method in ("lw", "cagrad", "raco"):
+            assert np.allclose(a.numpy() @ G, 0.0)  # d = g0 = 0: a Pareto-critical point stays put
+        if name == "all zero":
+            assert np.allclose(a.numpy() @ G, 0.0)
+
+
+def test_bad_arguments_raise_clear_errors():
+    H = np.eye(2)
+    with pytest.raises(ValueError, match="weights"):
+        coefficients(H, [0.7, 0.7])
+    with pytest.raises(ValueError, match="weights"):
+        coefficients(H, [1.5, -0.5])
+    with pytest.raises(ValueError, match="unknown method"):
+        coefficients(H, [0.5, 0.5], "adam")
+    with pytest.raises(ValueError, match="c must be"):
+        coefficients(H, [0.5, 0.5], c=1.0)
+    with pytest.raises(ValueError, match="H must be"):
+        coefficients(np.eye(3), [0.5, 0.5])
+    with pytest.raises(ValueError, match="non-finite"):
+        coefficients(np.array([[np.nan, 0], [0, 1]]), [0.5, 0.5])
+
+
+def test_any_float_dtype_is_accepted():
+    G, H, _, _, w = random_problem(2, 5)
+    a64, _ = coefficients(torch.from_numpy(H), w)
+    for dtype in (torch.float32, torch.bfloat16):
+        a, _ = coefficients(torch.from_numpy(H).to(dtype), torch.from_numpy(w))
+        assert a.dtype == torch.float64
+        assert torch.allclose(a, a64, atol=0.05)
