@@ -1,0 +1,190 @@
+"""Log-probabilities and per-objective DPO losses for RACO (SPEC section 1).
+
+One preference pair (x, y_a, y_b) serves all m objectives; objective i only contributes its own label
+s_i in {+1, -1, 0}. So the model runs once over both responses, we get one log-ratio margin Delta per pair,
+and every objective's loss is a function of (Delta, s_i):
+
+    Delta = [log pi(y_a|x) - log pi(y_b|x)] - [log pi_ref(y_a|x) - log pi_ref(y_b|x)]
+    L_i   = -(1/B) sum_b log sigmoid(beta * s_i,b * Delta_b)
+
+log pi(y|x) is the SUM of the response-token log-probs; prompt and padding tokens are masked out.
+"""
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+def _adds_bos(tokenizer):
+    """True if the tokenizer puts its BOS in front of text by itself (Llama, Gemma do; Qwen has no BOS).
+
+    Probed rather than read from a flag, because tokenizers built from a post-processor do not set one."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def tokenize_pairs(tokenizer, prompts, responses_a, responses_b, max_length=512, max_prompt_length=384):
+    """Tokenize B pairs for ONE forward pass: rows 0..B-1 are prompt+y_a, rows B..2B-1 are prompt+y_b.
+
+    prompts, responses_*: lists of B already-rendered strings (chat templates are applied elsewhere).
+    Prompt: tokenized without special tokens; the tokenizer's BOS is put in front if it normally adds one and the
+    rendered prompt does not already start with it (a rendered chat template often contains it as text).
+    Response: no special tokens, then eos_token_id, so the model is also trained to stop.
+    Truncation, decided per pair with the longer response so that y_a and y_b see the SAME prompt:
+    if prompt + response > max_length, keep the last max_prompt_length prompt tokens (the BOS survives),
+    then cut the end of each response to fit max_length. As max_prompt_length < max_length, a response
+    keeps at least one token.
+    Returns input_ids (2B, T) long, attention_mask (2B, T) long, completion_mask (2B, T) long
+    (1 exactly on response tokens incl. EOS), num_truncated (int: sequences that lost any token).
+    """
+    if not max_prompt_length < max_length:
+        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be < max_length ({max_length}), "
+                         "otherwise a long prompt leaves no room for the response")
+    if not len(prompts) == len(responses_a) == len(responses_b):
+        raise ValueError(f"got {len(prompts)} prompts, {len(responses_a)} responses_a, {len(responses_b)} responses_b")
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    add_bos = _adds_bos(tokenizer)
+
+    def ids(texts):
+        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    rows_a, rows_b, num_truncated = [], [], 0
+    for prompt, resp_a, resp_b in zip(ids(prompts), ids(responses_a), ids(responses_b)):
+        if add_bos and prompt[:1] != [bos]:
+            prompt = [bos] + prompt
+        if not prompt:  # the first response token would have no position to be predicted from
+            raise ValueError("empty prompt and no BOS: the first response token cannot be scored")
+        resp_a, resp_b = resp_a + [eos], resp_b + [eos]
+        prompt_cut = False
+        if len(prompt) + max(len(resp_a), len(resp_b)) > max_length and len(prompt) > max_prompt_length:
+            # Keep the END of the prompt: the question sits next to the answer, boilerplate sits in front.
+            keep = prompt[:1] if prompt[:1] == [bos] else []
+            prompt = keep + prompt[len(prompt) - max_prompt_length + len(keep):]
+            prompt_cut = True
+        budget = max_length - len(prompt)
+        if budget <= 0:  # unreachable after the argument check; kept so a future edit cannot empty a response
+            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room for the response (max_length={max_length})")
+        for resp, rows in ((resp_a, rows_a), (resp_b, rows_b)):
+            num_truncated += int(prompt_cut or len(resp) > budget)
+            rows.append((prompt, resp[:budget]))
+
+    rows = rows_a + rows_b
+    T = max(len(p) + len(r) for p, r in rows)
+    input_ids = torch.full((len(rows), T), pad, dtype=torch.long)  # right padding
+    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for n, (prompt, resp) in enumerate(rows):
+        P, L = len(prompt), len(resp)
+        input_ids[n, :P + L] = torch.tensor(prompt + resp)
+        attention_mask[n, :P + L] = 1
+        completion_mask[n, P:P + L] = 1
+    return dict(input_ids=input_ids, attention_mask=attention_mask, completion_mask=completion_mask,
+                num_truncated=num_truncated)
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+def _logsumexp_float32(logits_row):
+    """(T, V) logits of any dtype -> (T,) float32 logsumexp; the float32 copy lives only inside this call."""
+    return torch.logsumexp(logits_row.float(), dim=-1)
+
+
+def sequence_logps(logits, input_ids, completion_mask, average=False):
+    """Sum of completion-token log-probs: log pi(y|x) = sum_t mask_t * log p(token_t | tokens_<t).
+
+    logits: (N, T, V) (bf16 or fp32), input_ids: (N, T), completion_mask: (N, T) with 1 on response tokens.
+    Returns logps (N,) float32 and lengths (N,) = number of response tokens; average=True returns logps / lengths
+    (SPEC's optional length normalisation).
+    Memory: log p = logit[label] - logsumexp(logits). The label logit is a gather (no copy of V); the logsumexp is
+    taken in float32 one sequence at a time, so the float32 peak is one (T, V) slice instead of the whole
+    (N, T, V) log-softmax, which dominates memory with a 150k vocabulary. Under autograd each slice is
+    recomputed in backward (checkpoint) so the saved float32 slices do not pile up either.
+    """
+    # Explicit shift: the logit at position t predicts token t+1; the mask follows the predicted token.
+    logits, labels = logits[:, :-1], input_ids[:, 1:]
+    mask = completion_mask[:, 1:].bool()
+    label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()  # (N, T-1)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        lse = [checkpoint(_logsumexp_float32, row, use_reentrant=False) for row in logits]
+    else:
+        lse = [_logsumexp_float32(row) for row in logits]
+    token_logps = label_logits - torch.stack(lse)  # (N, T-1)
+    # where, not multiply: a masked position can never leak a nan/inf into the sum.
+    logps = torch.where(mask, token_logps, torch.zeros_like(token_logps)).sum(-1)
+    lengths = mask.sum(-1)
+    if average:
+        logps = logps / lengths.clamp(min=1)  # tokenize_pairs never yields an empty response
+    return logps, lengths
+
+
+def completion_logps(model, batch, average=False):
+    """One forward over the stacked batch of tokenize_pairs (rows 0..B-1 = y_a, B..2B-1 = y_b).
+
+    Returns logps_a (B,), logps_b (B,), lengths_a (B,), lengths_b (B,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps, lengths = sequence_logps(logits, batch["input_ids"], batch["completion_mask"], average=average)
+    B = logps.shape[0] // 2
+    return logps[:B], logps[B:], lengths[:B], lengths[B:]
+
+
+# ----------------------------------------------------------------------------- losses
+
+def log_ratio_margin(policy_a, policy_b, ref_a, ref_b):
+    """Delta = [log pi(y_a) - log pi(y_b)] - [log pi_ref(y_a) - log pi_ref(y_b)]; all inputs (B,), returns (B,)."""
+    return (policy_a - policy_b) - (ref_a - ref_b)
+
+
+def dpo_losses(delta, signs, beta):
+    """Per-objective DPO losses L_i = -(1/B) sum_b log sigmoid(beta * s_i,b * Delta_b).
+
+    delta: (B,) log-ratio margins of the ordered pairs (y_a vs y_b); signs: (B, m) in {+1, -1, 0}.
+    Returns (m,). A tie (s = 0) contributes log sigmoid(0) = -log 2 with zero gradient, but still counts in B.
+    F.logsigmoid is stable for large |beta * Delta| where log(sigmoid(.)) would underflow to -inf.
+    """
+    if delta.dim() != 1 or signs.dim() != 2 or signs.shape[0] != delta.shape[0]:
+        raise ValueError(f"expected delta (B,) and signs (B, m), got {tuple(delta.shape)} and {tuple(signs.shape)}")
+    signs = signs.to(delta.dtype)
+    return -F.logsigmoid(beta * signs * delta.unsqueeze(1)).mean(dim=0)
+
+
+def amopo_margin(policy_a, policy_b, lengths_a, lengths_b):
+    """AMoPO's margin (SPEC section 5): reference-free and length-normalised, log pi(y_a)/|y_a| - log pi(y_b)/|y_b|.
+
+    policy_*: (B,) summed log-probs, lengths_*: (B,) response lengths; returns (B,).
+    Per-objective AMoPO losses are dpo_losses(amopo_margin(...), signs, beta), i.e.
+    -mean_b log sigmoid(beta/|y_w| log pi(y_w) - beta/|y_l| log pi(y_l)), and sum_k w_k L_k is AMoPO's loss.
+    """
+    return policy_a / lengths_a - policy_b / lengths_b
+
+
+@torch.no_grad()
+def dpo_metrics(policy_a, policy_b, ref_a, ref_b, signs, beta, names):
+    """TRL-style DPO metrics per objective, as python floats keyed f"{name}/...".
+
+    policy_*, ref_*: (B,) summed log-probs; signs: (B, m); names: m objective names.
+    Implicit reward r(y) = beta * (log pi(y) - log pi_ref(y)). For objective i the chosen response is y_a where
+    s_i = +1 and y_b where s_i = -1; ties are left out of the averages. "{name}/pairs" is the number of non-tie
+    pairs; when it is 0 the other keys for that objective are OMITTED (a 0.0 would drag running averages and
+    read as a real accuracy of 0%).
+    """
+    if signs.dim() != 2 or signs.shape[1] != len(names):
+        raise ValueError(f"signs {tuple(signs.shape)} does not match {len(names)} objective names")
+    reward_a, reward_b = beta * (policy_a - ref_a), beta * (policy_b - ref_b)
+    metrics = {}
+    for i, name in enumerate(names):
+        s = signs[:, i]
+        a_wins, decided = s > 0, s != 0
+        metrics[f"{name}/pairs"] = float(decided.sum())
+        if not decided.any():
+            continue
+        chosen = torch.where(a_wins, reward_a, reward_b)[decided]
+        rejected = torch.where(a_wins, reward_b, reward_a)[decided]
+        metrics[f"{name}/rewards/chosen"] = chosen.mean().item()
+        metrics[f"{name}/rewards/rejected"] = rejected.mean().item()
+        metrics[f"{name}/rewards/accuracies"] = (chosen > rejected).float().mean().item()
+        metrics[f"{name}/rewards/margins"] = (chosen - rejected).mean().item()
+        metrics[f"{name}/logps/chosen"] = torch.where(a_wins, policy_a, policy_b)[decided].mean().item()
+        metrics[f"{name}/logps/rejected"] = torch.where(a_wins, policy_b, policy_a)[decided].mean().item()
+    return metrics
