@@ -1,0 +1,287 @@
+"""Multi-objective DPO with RACO (or a baseline) on a Hugging Face causal LM: the plain training loop.
+
+    python train.py                                   # RACO on the embedded world, ~2 minutes on a laptop CPU
+    python train.py --method lw --weights 0.8,0.2     # DPO-LW, another trade-off
+    python train.py --model Qwen/Qwen3-0.6B --data PKU-Alignment/PKU-SafeRLHF --device cuda --dtype bfloat16
+    torchrun --nproc_per_node 8 train.py ...          # multi-GPU: one process per GPU, no other change
+
+Each optimizer step: for every micro-batch, one forward pass of the policy (and of the frozen reference) over both
+responses of every pair gives one log-ratio margin per pair; each objective's DPO loss uses its own labels on that
+margin; raco.MultiObjectiveBackward turns the m losses into one direction in .grad; AdamW steps on it.
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+import torch.distributed as dist
+
+import data
+import dpo
+from cagrad import METHODS
+from raco import MultiObjectiveBackward
+
+TRAIN_METHODS = METHODS + ("amopo",)  # AMoPO changes the loss, not the combination: its losses are weighted (lw)
+
+
+@dataclasses.dataclass
+class Config:
+    """Every flag of train.py; the defaults are the small embedded run."""
+    method: str = "raco"          # raco | cagrad | lw | mgda | pcgrad | amopo
+    weights: str = "0.5,0.5"      # user weights, one per objective (normalised to sum to 1)
+    c: float = 0.4                # CAGrad radius for raco and cagrad, in [0, 1)
+    beta: float = 0.1             # DPO temperature
+    lr: float = 2e-4              # peak learning rate of AdamW
+    steps: int = 60               # optimizer steps
+    batch_size: int = 16          # pairs per micro-batch (per process)
+    grad_accum: int = 1           # micro-batches per optimizer step
+    solve_per: str = "step"       # step | micro_batch: where the dual is solved under accumulation (see raco.py)
+    objectives: str = "quality,conciseness"  # which of the data's objectives, in order ("" = all)
+    model: str = "models/world-tiny"         # local directory or hub id
+    data: str = "data/world_train.jsonl"     # .jsonl / .json / .parquet file, local dataset dir or hub id
+    data_format: str = "auto"     # auto | signed | pku | moa
+    split: str = "train"          # split, for datasets loaded through `datasets`
+    max_length: int = 256         # prompt + response tokens
+    max_prompt_length: int = 192  # prompt tokens kept (from the end) when a pair is too long
+    warmup: float = 0.1           # fraction of steps of linear warm-up before the cosine decay
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0    # clip the combined direction's norm (0 = off); rescales d, never turns it
+    seed: int = 42
+    device: str = "auto"          # auto | cpu | cuda
+    dtype: str = "float32"        # float32 | bfloat16 (bf16 autocast over float32 weights; no fp16 loss scaling)
+    gradient_checkpointing: bool = False  # non-reentrant: autograd.grad is called once per objective
+    eval_prompts: int = 64        # held-out world prompts sampled before/after training (0 = skip)
+    log_every: int = 5
+    out: str = "out/train"
+
+
+class UsageError(Exception):
+    """Bad input from the command line or the data: reported as one line, exit code 2."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for field in dataclasses.fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool" or field.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default)
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def parse_weights(text, num_objectives):
+    try:
+        weights = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--weights: expected comma-separated numbers, got {text!r}") from None
+    if len(weights) != num_objectives:
+        raise UsageError(f"--weights: got {len(weights)} weights for {num_objectives} objectives")
+    if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
+        raise UsageError(f"--weights: expected non-negative weights with a positive sum, got {text!r}")
+    return [w / sum(weights) for w in weights]
+
+
+def check_config(cfg):
+    if cfg.method not in TRAIN_METHODS:
+        raise UsageError(f"--method: unknown method {cfg.method!r}; expected one of {', '.join(TRAIN_METHODS)}")
+    if not 0.0 <= cfg.c < 1.0:
+        raise UsageError(f"--c: expected a value in [0, 1), got {cfg.c}")
+    checks = [("beta", cfg.beta > 0), ("lr", cfg.lr > 0), ("steps", cfg.steps > 0), ("batch-size", cfg.batch_size > 0),
+              ("grad-accum", cfg.grad_accum > 0), ("max-prompt-length", 0 < cfg.max_prompt_length < cfg.max_length),
+              ("warmup", 0 <= cfg.warmup < 1), ("solve-per", cfg.solve_per in ("step", "micro_batch")),
+              ("device", cfg.device in ("auto", "cpu", "cuda")), ("dtype", cfg.dtype in ("float32", "bfloat16"))]
+    for name, ok in checks:
+        if not ok:
+            raise UsageError(f"--{name}: invalid value {getattr(cfg, name.replace('-', '_'))!r} (see --help)")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+
+
+def load_model(name, device, dtype=torch.float32):
+    """Tokenizer and causal LM from a local directory or a hub id; one clear line when neither works."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(name)):
+        raise UsageError(f"--model: {name}: no such directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"--model: could not load {name!r}: {first_line}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, model.to(device)
+
+
+def batches(pairs, batch_size, seed, rank=0, world_size=1):
+    """Endless micro-batches of pairs: a fresh shuffle each epoch, each process taking its own slice."""
+    rng, epoch = random.Random(seed), 0
+    while True:
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        order = order[rank::world_size]
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield [pairs[i] for i in order[start:start + batch_size]]
+        epoch += 1
+
+
+def pair_logps(model, tokenizer, batch, cfg, device):
+    """Summed response log-probs of y_a and y_b for a micro-batch, one forward pass: 4 tensors of shape (B,)."""
+    tokens = dpo.tokenize_pairs(tokenizer, [p.prompt for p in batch], [p.response_a for p in batch],
+                                [p.response_b for p in batch], cfg.max_length, cfg.max_prompt_length)
+    tokens = {k: v.to(device) for k, v in tokens.items() if torch.is_tensor(v)}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
+    with autocast:
+        return dpo.completion_logps(model, tokens)
+
+
+def objective_losses(policy, reference, tokenizer, batch, cfg, device, names):
+    """The m per-objective losses of one micro-batch (sharing one graph) and its DPO metrics."""
+    signs = torch.tensor([p.signs for p in batch], dtype=torch.float32, device=device)
+    policy_a, policy_b, length_a, length_b = pair_logps(policy, tokenizer, batch, cfg, device)
+    with torch.no_grad():
+        ref_a, ref_b, _, _ = pair_logps(reference, tokenizer, batch, cfg, device)
+    if cfg.method == "amopo":  # reference-free, length-normalised margin (SPEC section 5)
+        margin = dpo.amopo_margin(policy_a, policy_b, length_a, length_b)
+    else:
+        margin = dpo.log_ratio_margin(policy_a, policy_b, ref_a, ref_b)
+    losses = dpo.dpo_losses(margin, signs, cfg.beta)
+    metrics = dpo.dpo_metrics(policy_a, policy_b, ref_a, ref_b, signs, cfg.beta, names)
+    metrics.update({f"{name}/loss": losses[i].item() for i, name in enumerate(names)})
+    return losses, metrics
+
+
+def world_evaluation(model, tokenizer, cfg, weights, names):
+    """Exact scores of fresh samples on held-out world prompts (None when the data is not the world's)."""
+    import eval as evaluation
+    import world
+    if cfg.eval_prompts <= 0 or not set(names) <= set(world.OBJECTIVES) or not cfg.data.endswith("world_train.jsonl"):
+        return None
+    scores = evaluation.world_scores(model, tokenizer, world.eval_prompts(cfg.eval_prompts), seed=cfg.seed)
+    scores["weighted"] = sum(w * scores[name] for w, name in zip(weights, names))
+    return scores
+
+
+def main(cfg):
+    started = time.time()
+    check_config(cfg)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:  # launched by torchrun: one process per device, gradients reduced explicitly in raco.py
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu")
+    else:
+        rank, world_size = 0, 1
+        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        device = torch.device("cuda" if use_cuda else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    main_process = rank == 0
+    torch.manual_seed(cfg.seed)
+
+    tokenizer, policy = load_model(cfg.model, device)
+    wanted = [x for x in cfg.objectives.split(",") if x] or None
+    try:
+        pairs, names = data.load_pairs(cfg.data, cfg.data_format, wanted, tokenizer, split=cfg.split)
+    except data.DataError as error:
+        raise UsageError(str(error)) from None
+    weights = parse_weights(cfg.weights, len(names))
+    if len(pairs) < cfg.batch_size * world_size:
+        raise UsageError(f"--data: {len(pairs)} pairs, fewer than one batch of {cfg.batch_size * world_size}")
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # The reference: a frozen copy of the initial policy. It needs no float32 master weights, so bf16 halves it.
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if cfg.dtype == "bfloat16":
+        reference.to(torch.bfloat16)
+    policy.train()
+
+    before = world_evaluation(policy, tokenizer, cfg, weights, names) if main_process else None
+    from transformers import get_cosine_schedule_with_warmup
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup * cfg.steps), cfg.steps)
+    backward = MultiObjectiveBackward(trainable, weights, "lw" if cfg.method == "amopo" else cfg.method, cfg.c,
+                                      cfg.solve_per, names)
+    stream = batches(pairs, cfg.batch_size, cfg.seed, rank, world_size)
+
+    log = None
+    if main_process:  # only now, with every input checked: a bad flag never leaves a half-written directory
+        os.makedirs(cfg.out, exist_ok=True)
+        log = open(os.path.join(cfg.out, "metrics.jsonl"), "w")
+    from tqdm import tqdm
+    progress = tqdm(range(1, cfg.steps + 1), disable=not main_process, desc=cfg.method, dynamic_ncols=True)
+    window = {}
+    for step in progress:
+        step_metrics = {}
+        for _ in range(cfg.grad_accum):
+            losses, metrics = objective_losses(policy, reference, tokenizer, next(stream), cfg, device, names)
+            backward.backward(losses)
+            for k, v in metrics.items():
+                step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
+        step_metrics.update(backward.finish())
+        if cfg.max_grad_norm > 0:
+            step_metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm).item()
+        step_metrics["lr"] = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_metrics["loss/weighted"] = sum(w * step_metrics[f"{n}/loss"] for w, n in zip(weights, names))
+        for k, v in step_metrics.items():
+            window.setdefault(k, []).append(v)
+        if main_process and (step % cfg.log_every == 0 or step == cfg.steps):
+            logged = {k: sum(v) / len(v) for k, v in window.items()}
+            log.write(json.dumps({"step": step, **logged}) + "\n")
+            log.flush()
+            progress.set_postfix({"loss": f"{logged['loss/weighted']:.3f}",
+                                  **{f"acc/{n}": f"{logged.get(f'{n}/rewards/accuracies', float('nan')):.2f}"
+                                     for n in names}})
+            final, window = logged, {}
+
+    if not main_process:
+        dist.destroy_process_group()
+        return None
+    log.close()
+    after = world_evaluation(policy, tokenizer, cfg, weights, names)
+    policy_dir = os.path.join(cfg.out, "policy")
+    policy.save_pretrained(policy_dir, safe_serialization=True)
+    tokenizer.save_pretrained(policy_dir)
+    summary = {"config": dataclasses.asdict(cfg), "objectives": names, "weights": weights, "final": final,
+               "eval": {"reference": before, "policy": after}, "seconds": round(time.time() - started, 1)}
+    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    if before is not None:
+        print_table(before, after, names)
+    print(f"{time.time() - started:.0f} s; policy in {policy_dir}, metrics in {cfg.out}/metrics.jsonl "
+          f"and {cfg.out}/summary.json")
+    if distributed:
+        dist.destroy_process_group()
+    return summary
+
+
+def print_table(before, after, names):
+    keys = list(names) + ["weighted", "well_formed", "words"]
+    print(f"{'held-out samples':<18}" + "".join(f"{k:>13}" for k in keys))
+    for label, scores in (("reference", before), ("trained policy", after)):
+        print(f"{label:<18}" + "".join(f"{scores[k]:>13.3f}" for k in keys))
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
