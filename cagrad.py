@@ -185,9 +185,12 @@ def _cosines(H):
 
 
 def _cos(H, x, y):
-    """cos(G x, G y) from the Gram matrix; 0 where either vector is zero."""
+    """cos(G x, G y) from the Gram matrix; 0 where either vector is zero.
+
+    Clamped to [-1, 1]: when G x nearly cancels (||g0|| below ~1e-7 of the ||g_i||), x^T H x is a difference of
+    large numbers and the ratio is rounding noise that can leave the interval."""
     denominator = math.sqrt(max(x @ H @ x, 0.0) * max(y @ H @ y, 0.0))
-    return float(x @ H @ y / denominator) if denominator > 0 else 0.0
+    return min(max(float(x @ H @ y / denominator), -1.0), 1.0) if denominator > 0 else 0.0
 
 
 def coefficients(H, w, method="raco", c=0.4):
