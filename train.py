@@ -60,6 +60,8 @@ class Config:
     device: str = "auto"          # auto | cpu | cuda
     dtype: str = "float32"        # float32 | bfloat16 (bf16 autocast over float32 weights; no fp16 loss scaling)
     gradient_checkpointing: bool = False  # non-reentrant: autograd.grad is called once per objective
+    lora_r: int = 0               # LoRA rank on every linear layer (0 = full fine-tuning); needs peft
+    lora_alpha: int = 16
     eval_prompts: int = 64        # held-out world prompts sampled before/after training (0 = skip)
     log_every: int = 5
     out: str = "out/train"
@@ -99,7 +101,7 @@ def check_config(cfg):
     if not 0.0 <= cfg.c < 1.0:
         raise UsageError(f"--c: expected a value in [0, 1), got {cfg.c}")
     checks = [("beta", cfg.beta > 0), ("lr", cfg.lr > 0), ("steps", cfg.steps > 0), ("batch-size", cfg.batch_size > 0),
-              ("grad-accum", cfg.grad_accum > 0), ("max-prompt-length", 0 < cfg.max_prompt_length < cfg.max_length),
+              ("grad-accum", cfg.grad_accum > 0), ("lora-r", cfg.lora_r >= 0), ("max-prompt-length", 0 < cfg.max_prompt_length < cfg.max_length),
               ("warmup", 0 <= cfg.warmup < 1), ("solve-per", cfg.solve_per in ("step", "micro_batch")),
               ("device", cfg.device in ("auto", "cpu", "cuda")), ("dtype", cfg.dtype in ("float32", "bfloat16"))]
     for name, ok in checks:
@@ -124,6 +126,16 @@ def load_model(name, device, dtype=torch.float32):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.to(device)
+
+
+def add_lora(model, cfg):
+    try:
+        import peft
+    except ImportError:
+        raise UsageError("--lora-r needs peft: pip install peft") from None
+    config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                             task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, config)
 
 
 def batches(pairs, batch_size, seed, rank=0, world_size=1):
@@ -152,8 +164,8 @@ def objective_losses(policy, reference, tokenizer, batch, cfg, device, names):
     """The m per-objective losses of one micro-batch (sharing one graph) and its DPO metrics."""
     signs = torch.tensor([p.signs for p in batch], dtype=torch.float32, device=device)
     policy_a, policy_b, length_a, length_b = pair_logps(policy, tokenizer, batch, cfg, device)
-    with torch.no_grad():
-        ref_a, ref_b, _, _ = pair_logps(reference, tokenizer, batch, cfg, device)
+    with torch.no_grad(), policy.disable_adapter() if reference is None else nullcontext():
+        ref_a, ref_b, _, _ = pair_logps(reference or policy, tokenizer, batch, cfg, device)
     if cfg.method == "amopo":  # reference-free, length-normalised margin (SPEC section 5)
         margin = dpo.amopo_margin(policy_a, policy_b, length_a, length_b)
     else:
@@ -203,10 +215,14 @@ def main(cfg):
         raise UsageError(f"--data: {len(pairs)} pairs, fewer than one batch of {cfg.batch_size * world_size}")
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    # The reference: a frozen copy of the initial policy. It needs no float32 master weights, so bf16 halves it.
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    if cfg.dtype == "bfloat16":
-        reference.to(torch.bfloat16)
+    if cfg.lora_r > 0:
+        # With LoRA the reference is the policy with its adapters switched off: no second copy of the model.
+        policy, reference = add_lora(policy, cfg), None
+    else:
+        # The reference: a frozen copy of the initial policy. No float32 master weights needed: bf16 halves it.
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        if cfg.dtype == "bfloat16":
+            reference.to(torch.bfloat16)
     policy.train()
 
     before = world_evaluation(policy, tokenizer, cfg, weights, names) if main_process else None
@@ -257,6 +273,8 @@ def main(cfg):
     log.close()
     after = world_evaluation(policy, tokenizer, cfg, weights, names)
     policy_dir = os.path.join(cfg.out, "policy")
+    if cfg.lora_r > 0:  # save a plain model (adapters merged in) that from_pretrained loads without peft
+        policy = policy.merge_and_unload()
     policy.save_pretrained(policy_dir, safe_serialization=True)
     tokenizer.save_pretrained(policy_dir)
     summary = {"config": dataclasses.asdict(cfg), "objectives": names, "weights": weights, "final": final,
