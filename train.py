@@ -41,8 +41,8 @@ class Config:
     weights: str = "0.5,0.5"      # user weights, one per objective (normalised to sum to 1)
     c: float = 0.4                # CAGrad radius for raco and cagrad, in [0, 1)
     beta: float = 0.1             # DPO temperature
-    lr: float = 2e-4              # peak learning rate of AdamW
-    steps: int = 60               # optimizer steps
+    lr: float = 5e-4              # peak learning rate of AdamW
+    steps: int = 200              # optimizer steps
     batch_size: int = 16          # pairs per micro-batch (per process)
     grad_accum: int = 1           # micro-batches per optimizer step
     solve_per: str = "step"       # step | micro_batch: where the dual is solved under accumulation (see raco.py)
@@ -62,7 +62,7 @@ class Config:
     gradient_checkpointing: bool = False  # non-reentrant: autograd.grad is called once per objective
     lora_r: int = 0               # LoRA rank on every linear layer (0 = full fine-tuning); needs peft
     lora_alpha: int = 16
-    eval_prompts: int = 64        # held-out world prompts sampled before/after training (0 = skip)
+    eval_prompts: int = 128       # held-out world prompts sampled before/after training (0 = skip)
     log_every: int = 5
     out: str = "out/train"
 
@@ -176,11 +176,11 @@ def objective_losses(policy, reference, tokenizer, batch, cfg, device, names):
     return losses, metrics
 
 
-def world_evaluation(model, tokenizer, cfg, weights, names):
+def world_evaluation(model, tokenizer, cfg, weights, names, pairs):
     """Exact scores of fresh samples on held-out world prompts (None when the data is not the world's)."""
     import eval as evaluation
     import world
-    if cfg.eval_prompts <= 0 or not set(names) <= set(world.OBJECTIVES) or not cfg.data.endswith("world_train.jsonl"):
+    if cfg.eval_prompts <= 0 or not set(names) <= set(world.OBJECTIVES) or not world.is_world_prompt(pairs[0].prompt):
         return None
     scores = evaluation.world_scores(model, tokenizer, world.eval_prompts(cfg.eval_prompts), seed=cfg.seed)
     scores["weighted"] = sum(w * scores[name] for w, name in zip(weights, names))
@@ -225,7 +225,7 @@ def main(cfg):
             reference.to(torch.bfloat16)
     policy.train()
 
-    before = world_evaluation(policy, tokenizer, cfg, weights, names) if main_process else None
+    before = world_evaluation(policy, tokenizer, cfg, weights, names, pairs) if main_process else None
     from transformers import get_cosine_schedule_with_warmup
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -271,7 +271,7 @@ def main(cfg):
         dist.destroy_process_group()
         return None
     log.close()
-    after = world_evaluation(policy, tokenizer, cfg, weights, names)
+    after = world_evaluation(policy, tokenizer, cfg, weights, names, pairs)
     policy_dir = os.path.join(cfg.out, "policy")
     if cfg.lora_r > 0:  # save a plain model (adapters merged in) that from_pretrained loads without peft
         policy = policy.merge_and_unload()
