@@ -343,7 +343,7 @@ HV_REFERENCE = (0.0, 0.0)  # the worst possible score of both objectives: every 
 QUICK = dict(methods=",".join(train.TRAIN_METHODS), sweep="0.1,0.5,0.9", seeds="0", steps=20, prompts=32,
              samples=2, pairs=128)
 FULL = dict(methods=",".join(train.TRAIN_METHODS), sweep="0.1,0.3,0.5,0.7,0.9", seeds="0,1,2",
-            steps=train.Config.steps, prompts=64, samples=4, pairs=256)
+            steps=100, prompts=64, samples=4, pairs=256)
 
 
 def point_metrics(policy, reference, tokenizer, eval_pairs, prompts, args, cfg, device):
@@ -575,7 +575,7 @@ def parse_args(argv=None):
     p.add_argument("--methods", help=f"sweep methods (default: {FULL['methods']})")
     p.add_argument("--sweep", help=f"weights of quality (default: {FULL['sweep']}; quick {QUICK['sweep']})")
     p.add_argument("--seeds", help=f"training seeds (default: {FULL['seeds']}; quick {QUICK['seeds']})")
-    p.add_argument("--steps", type=int, help=f"steps per run (default: {FULL['steps']}, train.py's; quick "
+    p.add_argument("--steps", type=int, help=f"steps per run (default: {FULL['steps']}; quick "
                                             f"{QUICK['steps']})")
     p.add_argument("--model", default=train.Config.model, help="the sweep's reference model (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads in the sweep (default: %(default)s)")

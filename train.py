@@ -199,7 +199,7 @@ def main(cfg):
         rank, world_size = 0, 1
         use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         device = torch.device("cuda" if use_cuda else "cpu")
-    if device.type == "cuda":
+    if device.index is not None:  # torchrun: pin this process to its own GPU
         torch.cuda.set_device(device)
     main_process = rank == 0
     torch.manual_seed(cfg.seed)
