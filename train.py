@@ -13,6 +13,7 @@ margin; raco.MultiObjectiveBackward turns the m losses into one direction in .gr
 import argparse
 import copy
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -54,17 +55,17 @@ class Config:
     max_length: int = 256         # prompt + response tokens
     max_prompt_length: int = 192  # prompt tokens kept (from the end) when a pair is too long
     warmup: float = 0.1           # fraction of steps of linear warm-up before the cosine decay
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0     # AdamW's decoupled weight decay
     max_grad_norm: float = 1.0    # clip the combined direction's norm (0 = off); rescales d, never turns it
-    seed: int = 42
+    seed: int = 42                # data order and sampling
     device: str = "auto"          # auto | cpu | cuda
     dtype: str = "float32"        # float32 | bfloat16 (bf16 autocast over float32 weights; no fp16 loss scaling)
     gradient_checkpointing: bool = False  # non-reentrant: autograd.grad is called once per objective
     lora_r: int = 0               # LoRA rank on every linear layer (0 = full fine-tuning); needs peft
-    lora_alpha: int = 16
+    lora_alpha: int = 16          # LoRA scaling numerator (the update is scaled by alpha / r)
     eval_prompts: int = 128       # held-out world prompts sampled before/after training (0 = skip)
-    log_every: int = 5
-    out: str = "out/train"
+    log_every: int = 5            # steps averaged into each line of metrics.jsonl
+    out: str = "out/train"        # output directory: policy/, metrics.jsonl, summary.json
 
 
 class UsageError(Exception):
@@ -74,12 +75,15 @@ class UsageError(Exception):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # The comment after each Config field is its --help text: one place documents both.
+    comments = dict(line.split(":", 1)[0].split() + [line.split("#", 1)[1].strip()]
+                    for line in inspect.getsource(Config).splitlines() if ": " in line and "  # " in line)
     for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
+        flag, help_text = "--" + field.name.replace("_", "-"), comments.get(field.name, " ")
         if field.type == "bool" or field.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
         else:
-            parser.add_argument(flag, type=type(field.default), default=field.default)
+            parser.add_argument(flag, type=type(field.default), default=field.default, help=help_text)
     return Config(**vars(parser.parse_args(argv)))
 
 
