@@ -24,6 +24,25 @@ def _adds_bos(tokenizer):
     return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
 
 
+def prompt_ids(tokenizer, prompts):
+    """Token ids of rendered prompts as the model is conditioned on them: no special tokens, but the tokenizer's BOS
+    in front if it normally adds one and the prompt does not already start with it (a rendered chat template often
+    holds it as text). Shared by training (tokenize_pairs) and sampling (eval.py), so both see the same tokens."""
+    bos = tokenizer.bos_token_id
+    rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    if _adds_bos(tokenizer):
+        rows = [row if row[:1] == [bos] else [bos] + row for row in rows]
+    return rows
+
+
+def truncate_prompt(ids, max_prompt_length, bos):
+    """Keep the END of a too-long prompt (the question sits next to the answer, boilerplate in front), and its BOS."""
+    if len(ids) <= max_prompt_length:
+        return ids
+    keep = ids[:1] if ids[:1] == [bos] else []
+    return keep + ids[len(ids) - max_prompt_length + len(keep):]
+
+
 def tokenize_pairs(tokenizer, prompts, responses_a, responses_b, max_length=512, max_prompt_length=384):
     """Tokenize B pairs for ONE forward pass: rows 0..B-1 are prompt+y_a, rows B..2B-1 are prompt+y_b.
 
@@ -45,24 +64,18 @@ def tokenize_pairs(tokenizer, prompts, responses_a, responses_b, max_length=512,
         raise ValueError(f"got {len(prompts)} prompts, {len(responses_a)} responses_a, {len(responses_b)} responses_b")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    add_bos = _adds_bos(tokenizer)
 
     def ids(texts):
         return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     rows_a, rows_b, num_truncated = [], [], 0
-    for prompt, resp_a, resp_b in zip(ids(prompts), ids(responses_a), ids(responses_b)):
-        if add_bos and prompt[:1] != [bos]:
-            prompt = [bos] + prompt
+    for prompt, resp_a, resp_b in zip(prompt_ids(tokenizer, prompts), ids(responses_a), ids(responses_b)):
         if not prompt:  # the first response token would have no position to be predicted from
             raise ValueError("empty prompt and no BOS: the first response token cannot be scored")
         resp_a, resp_b = resp_a + [eos], resp_b + [eos]
         prompt_cut = False
         if len(prompt) + max(len(resp_a), len(resp_b)) > max_length and len(prompt) > max_prompt_length:
-            # Keep the END of the prompt: the question sits next to the answer, boilerplate sits in front.
-            keep = prompt[:1] if prompt[:1] == [bos] else []
-            prompt = keep + prompt[len(prompt) - max_prompt_length + len(keep):]
-            prompt_cut = True
+            prompt, prompt_cut = truncate_prompt(prompt, max_prompt_length, bos), True
         budget = max_length - len(prompt)
         if budget <= 0:  # unreachable after the argument check; kept so a future edit cannot empty a response
             raise ValueError(f"prompt of {len(prompt)} tokens leaves no room for the response (max_length={max_length})")

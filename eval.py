@@ -119,11 +119,9 @@ def fraction_dominated(points, others):
 
 
 def prompt_ids(tokenizer, prompt, max_prompt_length):
-    """The prompt's ids as dpo.tokenize_pairs builds them, so samples and pairs are conditioned on the same tokens."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if dpo._adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
-        ids = [tokenizer.bos_token_id] + ids
-    return ids[-max_prompt_length:]
+    """The prompt's ids as dpo.tokenize_pairs builds them (BOS kept when the end is cut), so samples and pairs are
+    conditioned on the same tokens."""
+    return dpo.truncate_prompt(dpo.prompt_ids(tokenizer, [prompt])[0], max_prompt_length, tokenizer.bos_token_id)
 
 
 @torch.no_grad()
