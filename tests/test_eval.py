@@ -12,18 +12,17 @@ import time
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
 import data
 import dpo
 import eval as evaluation
 import train
 import world
+from tiny import tiny_config, word_tokenizer
 from eval import dominates, fraction_dominated, hypervolume_2d, kl_estimate, mean_se, pareto_front, ranks, spearman
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "hello", "world", "good", "bad", "short", "long", "answer", "question"]
 
 
 
@@ -90,29 +89,6 @@ def test_mean_and_standard_error_by_hand():
 # ----------------------------------------------------------------------------- models built here
 
 
-def word_tokenizer():
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-                                   unk_token="<unk>")
-
-
-def tiny_config():
-    return LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1,
-                       eos_token_id=2, pad_token_id=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-lm")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_config()).save_pretrained(path)
-    word_tokenizer().save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-reward")
@@ -121,15 +97,6 @@ def reward_model_dir(tmp_path_factory):
     config.num_labels = 1
     LlamaForSequenceClassification(config).save_pretrained(path)
     word_tokenizer().save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_pairs(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    rows = [{"prompt": "question hello", "response_a": "good answer", "response_b": "bad long long answer",
-             "raco_s_good": 1, "raco_s_short": 1 if i % 2 else 0} for i in range(8)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
 
@@ -235,9 +202,9 @@ def test_reward_scores_equal_a_direct_forward_of_each_text(reward_model_dir):
     assert len(set(round(s, 6) for s in scores)) == 3
 
 
-def test_checkpoint_on_real_style_data_is_scored_by_reward_models(tiny_lm, tiny_pairs, reward_model_dir, tmp_path):
+def test_checkpoint_on_real_style_data_is_scored_by_reward_models(tiny_model_dir, tiny_pairs, reward_model_dir, tmp_path):
     run = tmp_path / "run"
-    train.main(train.parse_args(["--model", tiny_lm, "--data", tiny_pairs, "--objectives", "", "--steps", "2",
+    train.main(train.parse_args(["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--steps", "2",
                                  "--batch-size", "4", "--lr", "1e-2", "--out", str(run)]))
     result = evaluation.main(["--checkpoint", str(run), "--data", tiny_pairs, "--split", "train",
                               "--reward-models", f"good={reward_model_dir}", "--samples", "3",
@@ -317,16 +284,16 @@ def test_bad_input_is_one_clear_line(flags, message):
     assert str(error.value) == message
 
 
-def test_bad_checkpoint_inputs_name_the_flag(tiny_lm, tiny_pairs, reward_model_dir, tmp_path):
+def test_bad_checkpoint_inputs_name_the_flag(tiny_model_dir, tiny_pairs, reward_model_dir, tmp_path):
     run = tmp_path / "run"
-    train.main(train.parse_args(["--model", tiny_lm, "--data", tiny_pairs, "--objectives", "", "--steps", "1",
+    train.main(train.parse_args(["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--steps", "1",
                                  "--batch-size", "4", "--out", str(run)]))
     cases = [([], f"--data: the policy was trained on {tiny_pairs}; name its held-out pairs with --data"),
              (["--data", "missing.jsonl"], "missing.jsonl: no such file or directory"),
              (["--data", tiny_pairs, "--reference", "./no/model"], "--reference: ./no/model: no such directory"),
              (["--data", tiny_pairs, "--reward-models", "good"],
               "--reward-models: expected name=PATH_OR_ID[,name=PATH_OR_ID...], got 'good'"),
-             (["--data", tiny_pairs, "--reward-models", f"good={tiny_lm}x"], None)]
+             (["--data", tiny_pairs, "--reward-models", f"good={tiny_model_dir}x"], None)]
     for flags, message in cases:
         with pytest.raises(train.UsageError) as error:
             evaluation.main(["--checkpoint", str(run), *flags])

@@ -7,49 +7,20 @@ import sys
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "hello", "world", "good", "bad", "short", "long", "answer", "question"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny Llama and tokenizer saved in Hugging Face format: what a hub download leaves on disk."""
-    path = tmp_path_factory.mktemp("tiny-model")
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
-                                        eos_token="<eos>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    rows = [{"prompt": "question hello", "response_a": "good answer", "response_b": "bad long long answer",
-             "raco_s_good": 1, "raco_s_short": 1 if i % 2 else 0} for i in range(8)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def run(*flags):
     return train.main(train.parse_args(list(flags)))
 
 
-def test_hub_format_model_trains_and_saves_loadable_policy(tiny_model_dir, tiny_data, tmp_path):
+def test_hub_format_model_trains_and_saves_loadable_policy(tiny_model_dir, tiny_pairs, tmp_path):
     out = tmp_path / "run"
-    summary = run("--model", tiny_model_dir, "--data", tiny_data, "--objectives", "", "--steps", "4",
+    summary = run("--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--steps", "4",
                   "--batch-size", "4", "--grad-accum", "2", "--lr", "1e-2", "--log-every", "2", "--out", str(out))
     assert summary["objectives"] == ["good", "short"]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -81,8 +52,8 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("flags,message", BAD_INPUTS)
-def test_bad_input_is_one_clear_line(flags, message, tiny_model_dir, tiny_data, tmp_path):
-    args = ["--model", tiny_model_dir, "--data", tiny_data, "--objectives", "", "--out", str(tmp_path / "run")]
+def test_bad_input_is_one_clear_line(flags, message, tiny_model_dir, tiny_pairs, tmp_path):
+    args = ["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--out", str(tmp_path / "run")]
     with pytest.raises(train.UsageError) as error:
         run(*args, *flags)
     if message is not None:
@@ -107,10 +78,10 @@ def test_command_line_exits_2_without_traceback(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_lora_trains_adapters_only_and_saves_a_merged_model(tiny_model_dir, tiny_data, tmp_path):
+def test_lora_trains_adapters_only_and_saves_a_merged_model(tiny_model_dir, tiny_pairs, tmp_path):
     pytest.importorskip("peft")
     out = tmp_path / "lora"
-    run("--model", tiny_model_dir, "--data", tiny_data, "--objectives", "", "--steps", "3", "--batch-size", "4",
+    run("--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--steps", "3", "--batch-size", "4",
         "--lr", "5e-2", "--lora-r", "4", "--log-every", "1", "--out", str(out))
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # step 1 is measured before any update: the adapters start at zero, so the policy equals the reference
