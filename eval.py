@@ -294,11 +294,8 @@ def evaluate_checkpoint(args):
     source = args.data or (cfg.data.replace("world_train.jsonl", "world_eval.jsonl") if on_world else None)
     if source is None:
         raise UsageError(f"--data: the policy was trained on {cfg.data}; name its held-out pairs with --data")
-    tokenizer, policy = train.load_model(os.path.join(args.checkpoint, "policy"), device)
-    try:
-        reference = train.load_model(args.reference or cfg.model, device)[1]
-    except UsageError as error:  # train.load_model names its own flag
-        raise UsageError(str(error).replace("--model:", "--reference:", 1)) from None
+    tokenizer, policy = train.load_model(os.path.join(args.checkpoint, "policy"), device, "--checkpoint")
+    reference = train.load_model(args.reference or cfg.model, device, "--reference")[1]
     reward_models = load_reward_models(args.reward_models, device)
     try:
         pairs, _ = data.load_pairs(source, args.data_format, names, tokenizer, args.split, args.pairs)

@@ -1,6 +1,6 @@
 """Multi-objective DPO with RACO (or a baseline) on a Hugging Face causal LM: the plain training loop.
 
-    python train.py                                   # RACO on the embedded world, ~2 minutes on a laptop CPU
+    python train.py                                   # RACO on the embedded world, ~15 s on a 2-core CPU
     python train.py --method lw --weights 0.8,0.2     # DPO-LW, another trade-off
     python train.py --model Qwen/Qwen3-0.6B --data PKU-Alignment/PKU-SafeRLHF --device cuda --dtype bfloat16
     torchrun --nproc_per_node 8 train.py ...          # multi-GPU: one process per GPU, no other change
@@ -105,7 +105,8 @@ def check_config(cfg):
     if not 0.0 <= cfg.c < 1.0:
         raise UsageError(f"--c: expected a value in [0, 1), got {cfg.c}")
     checks = [("beta", cfg.beta > 0), ("lr", cfg.lr > 0), ("steps", cfg.steps > 0), ("batch-size", cfg.batch_size > 0),
-              ("grad-accum", cfg.grad_accum > 0), ("lora-r", cfg.lora_r >= 0), ("max-prompt-length", 0 < cfg.max_prompt_length < cfg.max_length),
+              ("grad-accum", cfg.grad_accum > 0), ("lora-r", cfg.lora_r >= 0),
+              ("max-prompt-length", 0 < cfg.max_prompt_length < cfg.max_length),
               ("warmup", 0 <= cfg.warmup < 1), ("solve-per", cfg.solve_per in ("step", "micro_batch")),
               ("device", cfg.device in ("auto", "cpu", "cuda")), ("dtype", cfg.dtype in ("float32", "bfloat16"))]
     for name, ok in checks:
@@ -115,18 +116,19 @@ def check_config(cfg):
         raise UsageError("--device cuda: no CUDA device is available")
 
 
-def load_model(name, device, dtype=torch.float32):
-    """Tokenizer and causal LM from a local directory or a hub id; one clear line when neither works."""
+def load_model(name, device, flag="--model"):
+    """Tokenizer and causal LM from a local directory or a hub id; one clear line, naming `flag`, when neither works."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     looks_local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
     if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise UsageError(f"--model: {name}: no such directory")
+        raise UsageError(f"{flag}: {name}: no such directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        # float32 master weights whatever the checkpoint holds (transformers 5 loads a bf16 hub model as bf16)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"--model: could not load {name!r}: {first_line}") from None
+        raise UsageError(f"{flag}: could not load {name!r}: {first_line}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.to(device)
@@ -144,14 +146,13 @@ def add_lora(model, cfg):
 
 def batches(pairs, batch_size, seed, rank=0, world_size=1):
     """Endless micro-batches of pairs: a fresh shuffle each epoch, each process taking its own slice."""
-    rng, epoch = random.Random(seed), 0
+    rng = random.Random(seed)
     while True:
         order = list(range(len(pairs)))
         rng.shuffle(order)
         order = order[rank::world_size]
         for start in range(0, len(order) - batch_size + 1, batch_size):
             yield [pairs[i] for i in order[start:start + batch_size]]
-        epoch += 1
 
 
 def pair_logps(model, tokenizer, batch, cfg, device):
