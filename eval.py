@@ -275,12 +275,6 @@ def pair_metrics(policy, reference, tokenizer, pairs, names, cfg, device, batch_
 # ----------------------------------------------------------------------------- one checkpoint
 
 
-def pick_device(name):
-    if name not in ("auto", "cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
-        raise UsageError(f"--device: {name!r} is not available; expected auto, cpu or cuda")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def evaluate_checkpoint(args):
     if not (os.path.isfile(os.path.join(args.checkpoint, "summary.json"))
             and os.path.isdir(os.path.join(args.checkpoint, "policy"))):
@@ -288,7 +282,7 @@ def evaluate_checkpoint(args):
     summary = read_json(os.path.join(args.checkpoint, "summary.json"))
     known = {f.name for f in dataclasses.fields(train.Config)}
     cfg = train.Config(**{k: v for k, v in summary["config"].items() if k in known})
-    names, device = summary["objectives"], pick_device(args.device)
+    names, device = summary["objectives"], train.pick_device(args.device)
     # names alone are not enough: MOA summarisation data has the world's objective names
     on_world = set(names) <= set(world.OBJECTIVES) and cfg.data.endswith("world_train.jsonl")
     source = args.data or (cfg.data.replace("world_train.jsonl", "world_eval.jsonl") if on_world else None)
@@ -399,7 +393,7 @@ def run_pareto(args):
         if not found:
             raise UsageError(f"{path}: not found; the sweep runs on the embedded world (python world.py build)")
     inputs = [args.data, eval_data] + [os.path.join(args.model, f) for f in os.listdir(args.model)]
-    device = pick_device(args.device)
+    device = train.pick_device(args.device)
     if device.type == "cpu":  # the world's model is tiny: a second thread saves little, and on a busy machine
         torch.set_num_threads(args.threads)  # threads waiting for each other made every step 5-50x slower
     tokenizer, reference = train.load_model(args.model, device)

@@ -108,12 +108,17 @@ def check_config(cfg):
               ("grad-accum", cfg.grad_accum > 0), ("lora-r", cfg.lora_r >= 0),
               ("max-prompt-length", 0 < cfg.max_prompt_length < cfg.max_length),
               ("warmup", 0 <= cfg.warmup < 1), ("solve-per", cfg.solve_per in ("step", "micro_batch")),
-              ("device", cfg.device in ("auto", "cpu", "cuda")), ("dtype", cfg.dtype in ("float32", "bfloat16"))]
+              ("dtype", cfg.dtype in ("float32", "bfloat16"))]
     for name, ok in checks:
         if not ok:
             raise UsageError(f"--{name}: invalid value {getattr(cfg, name.replace('-', '_'))!r} (see --help)")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
+    pick_device(cfg.device)  # a bad or unavailable --device fails here, before anything is loaded
+
+
+def pick_device(name):
+    if name not in ("auto", "cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
+        raise UsageError(f"--device: {name!r} is not available; expected auto, cpu or cuda")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def load_model(name, device, flag="--model"):
@@ -201,9 +206,7 @@ def main(cfg):
         rank, world_size = dist.get_rank(), dist.get_world_size()
         device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu")
     else:
-        rank, world_size = 0, 1
-        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        device = torch.device("cuda" if use_cuda else "cpu")
+        rank, world_size, device = 0, 1, pick_device(cfg.device)
     if device.index is not None:  # torchrun: pin this process to its own GPU
         torch.cuda.set_device(device)
     main_process = rank == 0
