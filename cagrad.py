@@ -5,7 +5,7 @@ per-objective gradients, w the user's weights on the simplex, and the update dir
 No model is in sight here: the functions take an (m, m) matrix and return m numbers, so they can be checked
 against brute force in microseconds and reused by the toy, the tests and the training loop alike.
 
-RACO's step (Algorithm 1, "CAGrad-Clip"), in the paper's symbols:
+RACO's step (Algorithm 1, "CAGrad-Clip"; `raco_direction` is its lines 3-7 in order), in the paper's symbols:
     g0   = sum_i w_i g_i                                  (the gradient of the weighted loss L_w)
     p    = argmin_{p in simplex} Phi(p) = G_p . g0 + c ||g0|| ||G_p||,    G_p = sum_i p_i g_i
     p~   = min(p, w)                                      (the clip; no renormalisation, so sum p~ <= 1)
@@ -193,6 +193,25 @@ def _cos(H, x, y):
     return min(max(float(x @ H @ y / denominator), -1.0), 1.0) if denominator > 0 else 0.0
 
 
+def raco_direction(H, w, c, clip=True):
+    """Algorithm 1 of the paper ("RACO with CAGrad-Clip"), lines 3-7, on the Gram matrix: the coefficients a of
+    d = sum_i a_i g_i. clip=False skips line 5, which is CAGrad (Liu et al. 2021) without any rescaling.
+
+    H: (m, m) float64 numpy Gram matrix H_ij = <g_i, g_j>, normalised (trace 1; see coefficients); w: (m,) weights on
+    the simplex; 0 <= c < 1. Returns (a, p, p_tilde): coefficients, dual solution and clipped dual, each (m,).
+    Lines 1-2 (the minibatch, the losses L_i and gradients g_i) are train.py's and raco.py's; line 8 (the step on d)
+    is the optimizer's.
+    """
+    b = H @ w                                                # line 3: g0 = sum_i w_i g_i, via b_i = <g_i, g0>
+    s = c * math.sqrt(max(w @ H @ w, 0.0))                   # line 4: the radius c ||g0|| ...
+    p = solve_dual(H, b, s)                                  # line 4: ... and p = argmin_simplex b^T p + s ||G_p||
+    p_tilde = clip_to_weights(p, w) if clip else p           # line 5: p~ = min(p, w), not renormalised
+    norm_tilde = math.sqrt(max(p_tilde @ H @ p_tilde, 0.0))  # line 6: ||G~||, G~ = sum_i p~_i g_i
+    if s == 0.0 or norm_tilde <= math.sqrt(_ZERO):           # line 7 when ||g0|| = 0, c = 0 or G~ = 0: d = g0
+        return w.copy(), p, p_tilde
+    return w + s * p_tilde / norm_tilde, p, p_tilde          # line 7: d = g0 + c ||g0|| G~ / ||G~||
+
+
 def coefficients(H, w, method="raco", c=0.4):
     """Map the Gram matrix of m per-objective gradients to the coefficients of the update direction.
 
@@ -240,15 +259,8 @@ def coefficients(H, w, method="raco", c=0.4):
         info["p"] = solve_dual(Hn, np.zeros(m), 1.0) if trace > 0 else np.full(m, 1.0 / m)
         a = info["p"].copy()
     elif method in ("cagrad", "raco"):
-        b = Hn @ w                                      # b_i = <g_i, g0>
-        s = c * math.sqrt(max(w @ Hn @ w, 0.0))         # s = c ||g0||
-        p = solve_dual(Hn, b, s)                         # step 4: the dual
-        p_tilde = clip_to_weights(p, w) if method == "raco" else p  # step 5: the clip
-        norm_tilde = math.sqrt(max(p_tilde @ Hn @ p_tilde, 0.0))      # ||G~||
-        if s > 0 and norm_tilde > math.sqrt(_ZERO):
-            a = w + s * p_tilde / norm_tilde            # step 7: d = g0 + c ||g0|| G~ / ||G~||
-        info["p"] = p
-        info["rho"] = _cos(H, w, p)
+        a, info["p"], p_tilde = raco_direction(Hn, w, c, clip=method == "raco")
+        info["rho"] = _cos(H, w, info["p"])
         if method == "raco":
             info["p_clipped"] = p_tilde
             info["rho_clipped"] = _cos(H, w, p_tilde)
