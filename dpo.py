@@ -9,6 +9,8 @@ and every objective's loss is a function of (Delta, s_i):
 
 log pi(y|x) is the SUM of the response-token log-probs; prompt and padding tokens are masked out.
 """
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -27,7 +29,7 @@ def _adds_bos(tokenizer):
 def prompt_ids(tokenizer, prompts):
     """Token ids of rendered prompts as the model is conditioned on them: no special tokens, but the tokenizer's BOS
     in front if it normally adds one and the prompt does not already start with it (a rendered chat template often
-    holds it as text). Shared by training (tokenize_pairs) and sampling (eval.py), so both see the same tokens."""
+    holds it as text). Shared by training (tokenize_pairs) and sampling (policy.sample), so both see the same tokens."""
     bos = tokenizer.bos_token_id
     rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     if _adds_bos(tokenizer):
@@ -140,6 +142,17 @@ def completion_logps(model, batch, average=False):
     logps, lengths = sequence_logps(logits, batch["input_ids"], batch["completion_mask"], average=average)
     B = logps.shape[0] // 2
     return logps[:B], logps[B:], lengths[:B], lengths[B:]
+
+
+def pair_logps(model, tokenizer, pairs, max_length, max_prompt_length, device, bf16=False):
+    """Summed response log-probs of y_a and y_b for a list of pairs (objects with .prompt, .response_a,
+    .response_b), tokenized by tokenize_pairs and run in one forward pass, under bf16 autocast if asked.
+    Returns logps_a, logps_b, lengths_a, lengths_b, each (B,)."""
+    tokens = tokenize_pairs(tokenizer, [p.prompt for p in pairs], [p.response_a for p in pairs],
+                            [p.response_b for p in pairs], max_length, max_prompt_length)
+    tokens = {k: v.to(device) for k, v in tokens.items() if torch.is_tensor(v)}
+    with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        return completion_logps(model, tokens)
 
 
 # ----------------------------------------------------------------------------- losses

@@ -19,7 +19,8 @@ from cagrad import coefficients
 
 
 def per_objective_grads(losses, params):
-    """g_i = dL_i / dtheta for each of the m losses, which share one graph: retain it for all but the last.
+    """Algorithm 1, line 2: g_i = dL_i / dtheta for each of the m losses, which share one graph: retain it for all
+    but the last.
 
     losses: (m,) tensor or sequence of scalars. Returns m lists of tensors shaped like params (zeros for a
     parameter an objective does not reach).
@@ -121,7 +122,7 @@ class MultiObjectiveBackward:
             torch._foreach_div_(direction, float(self.count))
             _all_reduce_mean(direction)
             diagnostics = {k: v / self.count for k, v in self.diagnostic_sums.items()}
-        for param, d in zip(self.params, direction):
+        for param, d in zip(self.params, direction):  # line 8 is the optimizer's step on .grad = d
             param.grad = d.to(param.dtype)
         self._reset()
         return diagnostics

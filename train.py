@@ -27,9 +27,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import torch.distributed as dist
 
-import data
 import dpo
+import world
 from cagrad import METHODS
+from policy import ModelError, add_lora, evaluate_samples, load_model, pick_device
+from preference_data import DataError, load_pairs
 from raco import MultiObjectiveBackward
 
 TRAIN_METHODS = METHODS + ("amopo",)  # AMoPO changes the loss, not the combination: its losses are weighted (lw)
@@ -68,13 +70,23 @@ class Config:
     out: str = "out/train"        # output directory: policy/, metrics.jsonl, summary.json
 
 
-class UsageError(Exception):
-    """Bad input from the command line or the data: reported as one line, exit code 2."""
+class UsageError(ValueError):
+    """A bad flag: reported as one line, exit code 2."""
+
+
+# Every error that is the user's input rather than a bug: a flag, a data file, a model directory. The command lines
+# of train.py, eval.py and pareto.py print it as one line and exit 2, without a traceback.
+INPUT_ERRORS = (UsageError, DataError, ModelError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print its usage block as well: bad input is one line here
+        raise UsageError(message)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # The comment after each Config field is its --help text: one place documents both.
     comments = dict(line.split(":", 1)[0].split() + [line.split("#", 1)[1].strip()]
                     for line in inspect.getsource(Config).splitlines() if ": " in line and "  # " in line)
@@ -115,40 +127,6 @@ def check_config(cfg):
     pick_device(cfg.device)  # a bad or unavailable --device fails here, before anything is loaded
 
 
-def pick_device(name):
-    if name not in ("auto", "cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
-        raise UsageError(f"--device: {name!r} is not available; expected auto, cpu or cuda")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def load_model(name, device, flag="--model"):
-    """Tokenizer and causal LM from a local directory or a hub id; one clear line, naming `flag`, when neither works."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise UsageError(f"{flag}: {name}: no such directory")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        # float32 master weights whatever the checkpoint holds (transformers 5 loads a bf16 hub model as bf16)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"{flag}: could not load {name!r}: {first_line}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, model.to(device)
-
-
-def add_lora(model, cfg):
-    try:
-        import peft
-    except ImportError:
-        raise UsageError("--lora-r needs peft: pip install peft") from None
-    config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                             task_type="CAUSAL_LM")
-    return peft.get_peft_model(model, config)
-
-
 def batches(pairs, batch_size, seed, rank=0, world_size=1):
     """Endless micro-batches of pairs: a fresh shuffle each epoch, each process taking its own slice."""
     rng = random.Random(seed)
@@ -160,22 +138,14 @@ def batches(pairs, batch_size, seed, rank=0, world_size=1):
             yield [pairs[i] for i in order[start:start + batch_size]]
 
 
-def pair_logps(model, tokenizer, batch, cfg, device):
-    """Summed response log-probs of y_a and y_b for a micro-batch, one forward pass: 4 tensors of shape (B,)."""
-    tokens = dpo.tokenize_pairs(tokenizer, [p.prompt for p in batch], [p.response_a for p in batch],
-                                [p.response_b for p in batch], cfg.max_length, cfg.max_prompt_length)
-    tokens = {k: v.to(device) for k, v in tokens.items() if torch.is_tensor(v)}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
-    with autocast:
-        return dpo.completion_logps(model, tokens)
-
-
 def objective_losses(policy, reference, tokenizer, batch, cfg, device, names):
     """The m per-objective losses of one micro-batch (sharing one graph) and its DPO metrics."""
     signs = torch.tensor([p.signs for p in batch], dtype=torch.float32, device=device)
-    policy_a, policy_b, length_a, length_b = pair_logps(policy, tokenizer, batch, cfg, device)
+    logps = lambda model: dpo.pair_logps(model, tokenizer, batch, cfg.max_length, cfg.max_prompt_length, device,
+                                         cfg.dtype == "bfloat16")
+    policy_a, policy_b, length_a, length_b = logps(policy)
     with torch.no_grad(), policy.disable_adapter() if reference is None else nullcontext():
-        ref_a, ref_b, _, _ = pair_logps(reference or policy, tokenizer, batch, cfg, device)
+        ref_a, ref_b, _, _ = logps(reference or policy)
     if cfg.method == "amopo":  # reference-free, length-normalised margin (SPEC section 5)
         margin = dpo.amopo_margin(policy_a, policy_b, length_a, length_b)
     else:
@@ -188,11 +158,9 @@ def objective_losses(policy, reference, tokenizer, batch, cfg, device, names):
 
 def world_evaluation(model, tokenizer, cfg, weights, names, pairs):
     """Exact scores of fresh samples on held-out world prompts (None when the data is not the world's)."""
-    import eval as evaluation
-    import world
     if cfg.eval_prompts <= 0 or not set(names) <= set(world.OBJECTIVES) or not world.is_world_prompt(pairs[0].prompt):
         return None
-    scores = evaluation.world_scores(model, tokenizer, world.eval_prompts(cfg.eval_prompts), seed=cfg.seed)
+    scores, _ = evaluate_samples(model, tokenizer, world.eval_prompts(cfg.eval_prompts), world.score, seed=cfg.seed)
     scores["weighted"] = sum(w * scores[name] for w, name in zip(weights, names))
     return scores
 
@@ -214,10 +182,7 @@ def main(cfg):
 
     tokenizer, policy = load_model(cfg.model, device)
     wanted = [x for x in cfg.objectives.split(",") if x] or None
-    try:
-        pairs, names = data.load_pairs(cfg.data, cfg.data_format, wanted, tokenizer, split=cfg.split)
-    except data.DataError as error:
-        raise UsageError(str(error)) from None
+    pairs, names = load_pairs(cfg.data, cfg.data_format, wanted, tokenizer, split=cfg.split)
     weights = parse_weights(cfg.weights, len(names))
     if len(pairs) < cfg.batch_size * world_size:
         raise UsageError(f"--data: {len(pairs)} pairs, fewer than one batch of {cfg.batch_size * world_size}")
@@ -225,7 +190,7 @@ def main(cfg):
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora_r > 0:
         # With LoRA the reference is the policy with its adapters switched off: no second copy of the model.
-        policy, reference = add_lora(policy, cfg), None
+        policy, reference = add_lora(policy, cfg.lora_r, cfg.lora_alpha), None
     else:
         # The reference: a frozen copy of the initial policy. No float32 master weights needed: bf16 halves it.
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -252,15 +217,17 @@ def main(cfg):
     for step in progress:
         step_metrics = {}
         for _ in range(cfg.grad_accum):
-            losses, metrics = objective_losses(policy, reference, tokenizer, next(stream), cfg, device, names)
+            batch = next(stream)  # Algorithm 1, line 1: sample a minibatch of pairs
+            # line 2: the losses L_i (one forward pass serves every objective) and their gradients g_i (raco.py)
+            losses, metrics = objective_losses(policy, reference, tokenizer, batch, cfg, device, names)
             backward.backward(losses)
             for k, v in metrics.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
-        step_metrics.update(backward.finish())
+        step_metrics.update(backward.finish())  # lines 3-7: d = sum_i a_i g_i in .grad (cagrad.raco_direction)
         if cfg.max_grad_norm > 0:
             step_metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm).item()
         step_metrics["lr"] = scheduler.get_last_lr()[0]
-        optimizer.step()
+        optimizer.step()  # line 8: theta <- theta - eta d, with AdamW's eta
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step_metrics["loss/weighted"] = sum(w * step_metrics[f"{n}/loss"] for w, n in zip(weights, names))
@@ -305,9 +272,14 @@ def print_table(before, after, names):
         print(f"{label:<18}" + "".join(f"{scores[k]:>13.3f}" for k in keys))
 
 
-if __name__ == "__main__":
+def run_command(main, *args):
+    """Run a command line's main: bad input is one line on stderr and exit code 2, never a traceback."""
     try:
-        main(parse_args())
-    except UsageError as error:
+        return main(*args)
+    except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    run_command(lambda: main(parse_args()))

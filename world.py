@@ -47,11 +47,12 @@ import random
 import time
 import zlib
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here; never reach for a hub
-
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from metrics import pearson
+from policy import sample
 
 OBJECTIVES = ("quality", "conciseness", "faithfulness")
 
@@ -257,34 +258,6 @@ def make_model(tokenizer, hidden=64, layers=2, heads=4):
     return LlamaForCausalLM(config)
 
 
-@torch.no_grad()
-def sample_responses(model, tokenizer, prompts, num_samples=1, temperature=1.0, max_new_tokens=48, seed=0,
-                     batch_size=256):
-    """num_samples sampled responses per prompt -> list (len(prompts)) of lists (num_samples) of strings.
-    Prompts are left-padded so that every row continues from its own last token; only the new tokens are decoded,
-    cut at the first EOS. Deterministic given seed; the global torch RNG is left as it was."""
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start: start + batch_size], return_tensors="pt", padding=True,
-                              padding_side="left")
-            generated = model.generate(
-                **batch, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id)
-            texts = []
-            for ids in generated[:, batch["input_ids"].shape[1]:].tolist():
-                if tokenizer.eos_token_id in ids:
-                    ids = ids[: ids.index(tokenizer.eos_token_id)]
-                texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-            out += [texts[i: i + num_samples] for i in range(0, len(texts), num_samples)]
-    model.train(was_training)
-    return out
-
-
 # -----------------------------------------------------------------------------
 # preference pairs, statistics and the build
 
@@ -292,7 +265,8 @@ def sample_responses(model, tokenizer, prompts, num_samples=1, temperature=1.0, 
 def make_pairs(model, tokenizer, prompts, label_temperature, seed):
     """Two samples of the reference model per prompt, scored exactly, labelled per objective ('signed' rows).
     A pair with an empty sample (an immediate EOS, ~1 in 5000) is dropped: loaders reject empty completions."""
-    responses = sample_responses(model, tokenizer, prompts, num_samples=2, seed=seed)
+    responses, _ = sample(model, tokenizer, prompts, num_samples=2, temperature=1.0, max_new_tokens=48, seed=seed,
+                          batch_size=256)
     rng, rows = random.Random(seed), []
     for prompt, (a, b) in zip(prompts, responses):
         if not a or not b:
@@ -301,13 +275,6 @@ def make_pairs(model, tokenizer, prompts, label_temperature, seed):
         rows.append({"prompt": prompt, "response_a": a, "response_b": b,
                      **{f"raco_s_{k}": v for k, v in labels.items()}})
     return rows
-
-
-def pearson(x, y):
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
 def describe_samples(prompts, responses):
@@ -400,7 +367,7 @@ def stats(model_dir="models/world-tiny", n=512, temperature=1.0, seed=0):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     prompts = eval_prompts(n, seed=seed)
-    responses = sample_responses(model, tokenizer, prompts, temperature=temperature, seed=seed)
+    responses, _ = sample(model, tokenizer, prompts, 1, temperature, max_new_tokens=48, seed=seed, batch_size=256)
     for prompt, (response,) in list(zip(prompts, responses))[:4]:
         print(f"{prompt}\n    {response}\n    {score(prompt, response)}")
     describe_samples(prompts, responses)

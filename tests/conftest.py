@@ -1,3 +1,4 @@
+"""The suite's environment and its shared fixtures. Environment and thread settings live here and nowhere else."""
 import json
 import os
 
@@ -16,12 +17,9 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama and tokenizer saved in Hugging Face format: what a hub download leaves on disk."""
-    from transformers import LlamaForCausalLM
-
-    from tiny import tiny_config, word_tokenizer
+    from tiny import tiny_llama, word_tokenizer
     path = tmp_path_factory.mktemp("tiny-model")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_config()).save_pretrained(path, safe_serialization=True)
+    tiny_llama().save_pretrained(path, safe_serialization=True)
     word_tokenizer().save_pretrained(path)
     return str(path)
 
@@ -34,3 +32,10 @@ def tiny_pairs(tmp_path_factory):
              "raco_s_good": 1, "raco_s_short": 1 if i % 2 else 0} for i in range(8)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The embedded world in miniature (tiny.write_tiny_world): {"model", "train", "eval"} paths."""
+    from tiny import write_tiny_world
+    return write_tiny_world(tmp_path_factory.mktemp("world"))

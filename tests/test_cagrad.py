@@ -37,17 +37,16 @@ def frank_wolfe_gap(H, b, s, p):
     return float(grad @ p - grad.min())
 
 
-def test_worked_example_from_spec():
+def test_direction_is_algorithm_1_by_hand():
+    """SPEC's worked example (its numbers are checked once, in test_toy.py): the direction from the vectors."""
     G = torch.tensor([[1.0, -4.0], [-1.0, 1.0]], dtype=torch.float64)
     a, info = coefficients(G @ G.T, [0.2, 0.8], "raco", c=0.5)
-    assert info["p"][0].item() == pytest.approx(0.356145, abs=1e-6)
-    assert info["rho"] == pytest.approx(0.3458, abs=1e-4)
-    assert info["rho_clipped"] == pytest.approx(0.9433, abs=1e-4)
-    # the direction by hand from Algorithm 1: d = g0 + c ||g0|| G~ / ||G~||, with p~ = (0.2, 1 - lam*)
+    lam = info["p"][0].item()
+    assert 0.2 < lam < 0.8  # interior, and above w_1 = 0.2, so the clip binds on p_1
     g0 = 0.2 * G[0] + 0.8 * G[1]
-    G_tilde = 0.2 * G[0] + (1 - 0.356145) * G[1]
+    G_tilde = 0.2 * G[0] + (1 - lam) * G[1]  # p~ = min(p, w) = (0.2, 1 - lam)
     d = g0 + 0.5 * g0.norm() * G_tilde / G_tilde.norm()
-    assert torch.allclose(a @ G, d, atol=1e-5)
+    assert torch.allclose(a @ G, d, atol=1e-12)
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 50])
@@ -90,7 +89,7 @@ def test_iterative_solver_agrees_with_enumeration():
         assert phi(H, b, s, _solve_iterative(H, b, s)) == pytest.approx(exact, rel=1e-9, abs=1e-14)
 
 
-@pytest.mark.parametrize("method", ["lw", "cagrad", "raco", "mgda", "pcgrad"])
+@pytest.mark.parametrize("method", ["cagrad", "raco", "mgda", "pcgrad"])  # lw returns w whatever H is
 @pytest.mark.parametrize("m", [2, 3])
 def test_scale_invariance(method, m):
     G, _, _, _, w = random_problem(m, 7)
@@ -126,8 +125,7 @@ def test_c_zero_reduces_to_loss_weighting(method):
     _, H, _, _, w = random_problem(3, 5)
     a, _ = coefficients(H, w, method, c=0.0)
     assert np.allclose(a.numpy(), w)
-    a_lw, _ = coefficients(H, w, "lw")
-    assert np.allclose(a_lw.numpy(), w)
+    assert not np.allclose(coefficients(H, w, method, c=0.4)[0].numpy(), w)  # c > 0 on the same H does move it
 
 
 def test_clip_never_lowers_cosine_for_two_objectives():

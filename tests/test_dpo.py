@@ -1,54 +1,24 @@
 """Tests for dpo.py: each claim is checked against an independent computation (by hand, naive log-softmax,
 or the model run token by token), so a wrong shift, mask or sign makes a test fail."""
 import math
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from dpo import (amopo_margin, completion_logps, dpo_losses, dpo_metrics, log_ratio_margin, sequence_logps,
                  tokenize_pairs)
-
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-WORDS = "the cat dog sat ran on a mat fast slow yes no why how is it good bad very short long answer".split()
-WORDS += [f"w{i}" for i in range(20)]
-
-
-def make_tokenizer(with_bos=True, with_pad=True):
-    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if with_bos:  # behave like Llama/Gemma: BOS in front when special tokens are on
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    kwargs = dict(eos_token="</s>", unk_token="<unk>")
-    if with_bos:
-        kwargs["bos_token"] = "<s>"
-    if with_pad:
-        kwargs["pad_token"] = "<pad>"
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+from tiny import tiny_llama, word_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return make_tokenizer()
+    return word_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    config._attn_implementation = "eager"
-    # A model this small is all thread overhead: one thread keeps these tests in milliseconds on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield LlamaForCausalLM(config).eval()
-    torch.set_num_threads(threads)
+    return tiny_llama(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      initializer_range=0.2, attn_implementation="eager").eval()
 
 
 PROMPTS = ["why is the cat fast", "how"]
@@ -160,9 +130,9 @@ def test_one_forward_stacks_a_then_b(tokenizer, model):
 
 
 def test_bos_added_once(tokenizer):
-    batch = tokenize_pairs(tokenizer, ["<s> why"], ["yes"], ["no"])
+    batch = tokenize_pairs(tokenizer, ["<bos> why"], ["yes"], ["no"])
     assert batch["input_ids"][0].tolist()[:2] == [tokenizer.bos_token_id, ids_of(tokenizer, "why")[0]]
-    no_bos = make_tokenizer(with_bos=False, with_pad=False)  # Qwen-like: no BOS, and pad falls back to EOS
+    no_bos = word_tokenizer(bos=False, pad=False)  # Qwen-like: no BOS, and pad falls back to EOS
     batch = tokenize_pairs(no_bos, ["why"], ["yes"], ["no no"])
     assert batch["input_ids"].tolist() == [ids_of(no_bos, "why yes") + [2, 2], ids_of(no_bos, "why no no") + [2]]
     assert batch["completion_mask"].tolist() == [[0, 1, 1, 0], [0, 1, 1, 1]]

@@ -1,16 +1,13 @@
 """Tests for data.py: every sign is checked against a hand-written expectation, and every bad input against the
 exact one-line message train.py will print."""
 import json
-import os
 import sys
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from data import DataError, Pair, load_pairs, render_prompt
+from preference_data import DataError, Pair, load_pairs, render_prompt
 
 
 def write_jsonl(path, rows):
@@ -274,7 +271,6 @@ def test_bad_arguments(tmp_path):
         with pytest.raises(DataError) as error:
             load_pairs(**kwargs)
         assert str(error.value) == message
-    assert issubclass(DataError, ValueError)
 
 
 @pytest.mark.parametrize("module, name, message", [

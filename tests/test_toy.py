@@ -12,14 +12,8 @@ from toy_pareto import (check_quadratics, check_toy, check_worked_example, desce
 
 
 def test_worked_example_reproduces_the_spec_numbers():
-    values = worked_example()
-    assert values["lam"] == pytest.approx(0.356145, abs=5e-7)
-    assert values["lam_grid"] == pytest.approx(values["lam"], abs=1e-6)  # brute force over lam agrees
-    assert values["rho"] == pytest.approx(0.3458, abs=5e-5)
-    assert values["rho_clipped"] == pytest.approx(0.9433, abs=5e-5)
-    assert values["gamma"] == pytest.approx(0.9335, abs=5e-5)
-    assert values["gamma_clipped"] == pytest.approx(1.1427, abs=5e-5)
-    assert all(claim.passed for claim in check_worked_example(values))
+    """The one place the SPEC's numbers are asserted: lam* (also by a grid search), rho, rho~, Gamma, Gamma~."""
+    assert [claim.name for claim in check_worked_example(worked_example()) if not claim.passed] == []
 
 
 def test_worked_example_check_rejects_a_number_off_in_the_last_printed_digit():

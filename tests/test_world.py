@@ -3,15 +3,12 @@ import json
 import math
 import os
 import random
-import sys
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest
 import torch
 
 import world
+from metrics import pearson
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(ROOT, "models", "world-tiny")
@@ -139,17 +136,12 @@ def test_labels_follow_bradley_terry():
     assert abs(wins / n - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
 
 
-# --- the shipped tokenizer, model and data --------------------------------------------------------------------------
+# --- the shipped tokenizer and data (the shipped model's samples: test_policy.py) ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    return AutoModelForCausalLM.from_pretrained(MODEL_DIR), AutoTokenizer.from_pretrained(MODEL_DIR)
-
-
-def test_tokenizer_boundary_is_exact(shipped):
-    _, tokenizer = shipped
+def test_tokenizer_boundary_is_exact():
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
     response = "also the very happy cat . the slow dog ."
     prompt_ids = tokenizer(PROMPT)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
@@ -158,27 +150,6 @@ def test_tokenizer_boundary_is_exact(shipped):
     assert tokenizer.unk_token_id not in prompt_ids + response_ids
     assert tokenizer.decode(response_ids) == response
     assert len({tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}) == 4
-
-
-def test_shipped_model_samples_are_mostly_well_formed(shipped):
-    model, tokenizer = shipped
-    prompts = world.eval_prompts(32, seed=11)
-    samples = world.sample_responses(model, tokenizer, prompts, num_samples=1, seed=0)
-    assert len(samples) == 32 and all(len(s) == 1 for s in samples)
-    assert sum(world.is_well_formed(s[0]) for s in samples) / 32 > 0.8
-    assert sum(world.score(p, s[0])["quality"] for p, s in zip(prompts, samples)) / 32 > 0.2  # it does summarise
-    assert world.sample_responses(model, tokenizer, prompts, num_samples=1, seed=0) == samples  # seeded
-    assert world.sample_responses(model, tokenizer, prompts, num_samples=1, seed=1) != samples
-
-
-def test_left_padding_does_not_change_what_a_prompt_gets(shipped):
-    """Near-greedy sampling of a short prompt, alone and in a batch with longer prompts, must agree."""
-    model, tokenizer = shipped
-    short = "facts: the cat is happy . the dog is slow . the owl is old . summary:"
-    long = "facts: the cat is happy . the dog is slow . the owl is old . the bee is red . the elk is tall . summary:"
-    alone = world.sample_responses(model, tokenizer, [short], temperature=1e-3, seed=0)
-    batched = world.sample_responses(model, tokenizer, [long, short, long], temperature=1e-3, seed=5)
-    assert [batched[1]] == alone
 
 
 def read_jsonl(name):
@@ -216,12 +187,13 @@ def test_shipped_samples_show_the_conflict():
     rows = read_jsonl("world_train.jsonl")
     scores = [world.score(r["prompt"], r[side]) for r in rows for side in ("response_a", "response_b")]
     quality, conciseness = [s["quality"] for s in scores], [s["conciseness"] for s in scores]
-    assert world.pearson(quality, conciseness) < -0.2
+    assert pearson(quality, conciseness) < -0.2
 
 
 # --- the build ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_tiny_build_is_deterministic(tmp_path):
     def tiny(out):
         world.build(out_model=str(out / "model"), out_data=str(out / "data"), steps=5, batch_size=8,

@@ -1,0 +1,92 @@
+"""The numbers this project reports, as pure functions of plain lists: no model, no torch.
+
+Errors and spreads: mean_se (prompts as the independent units), mean_std (over seeds), kl_estimate.
+Agreement: pearson, ranks, spearman (weight fidelity). Fronts, every objective maximised: dominates, pareto_front,
+fraction_dominated, hypervolume_2d.
+"""
+import math
+
+
+def mean_se(values, group_size=1):
+    """(mean, standard error), averaging each run of `group_size` consecutive values (one prompt's samples) first:
+    the error is the std of the group means over sqrt(number of groups); nan for a single group. Samples of one
+    prompt are correlated, and counting them as independent would understate the error."""
+    values = [float(v) for v in values]
+    groups = [sum(values[i:i + group_size]) / len(values[i:i + group_size]) for i in range(0, len(values), group_size)]
+    n, mean = len(groups), sum(groups) / len(groups)
+    return mean, math.sqrt(sum((g - mean) ** 2 for g in groups) / (n - 1) / n) if n > 1 else math.nan
+
+
+def mean_std(values):
+    """(mean, std) over seeds, ignoring nan; std is 0 for one value."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
+
+
+def kl_estimate(policy_logps, reference_logps, group_size=1):
+    """KL(pi || pi_ref) = E_{y ~ pi}[log pi(y|x) - log pi_ref(y|x)] from samples y drawn from pi itself (temperature
+    1): (mean, standard error). The estimate is unbiased, so a finite sample may read slightly below 0."""
+    return mean_se([p - r for p, r in zip(policy_logps, reference_logps)], group_size)
+
+
+def pearson(x, y):
+    """Pearson's correlation of two equally long lists; nan if either is constant."""
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def ranks(values):
+    """1-based ranks; tied values share the mean of the ranks they span ([5, 7, 7] -> [1, 2.5, 2.5])."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    result, start = [0.0] * len(values), 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in order[start:end + 1]:
+            result[k] = (start + end) / 2 + 1
+        start = end + 1
+    return result
+
+
+def spearman(x, y):
+    """Spearman's rank correlation: Pearson's correlation of the tie-averaged ranks; nan if either is constant."""
+    return pearson(ranks(x), ranks(y))
+
+
+def dominates(a, b):
+    """a dominates b (every objective maximised): at least as good everywhere and strictly better somewhere."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def pareto_front(points):
+    """The points that no other point dominates, in their input order."""
+    return [p for p in points if not any(dominates(q, p) for q in points)]
+
+
+def fraction_dominated(points, others):
+    """Fraction of `points` dominated by the front of `others`."""
+    front = pareto_front(others)
+    return sum(any(dominates(q, p) for q in front) for p in points) / len(points)
+
+
+def hypervolume_2d(points, reference):
+    """Area of the region dominated by `points` and dominating `reference` (both objectives maximised).
+
+    Walk the points by decreasing first objective: each point that reaches higher than all before it adds the strip
+    between its height and the best height so far, as wide as its distance from the reference in the first
+    objective. A dominated point never reaches higher, so it adds nothing; a point not strictly better than the
+    reference in both objectives lies outside the region and is dropped.
+    """
+    inside = [p for p in points if p[0] > reference[0] and p[1] > reference[1]]
+    area, best = 0.0, reference[1]
+    for x, y in sorted(inside, key=lambda p: (-p[0], -p[1])):
+        if y > best:
+            area += (x - reference[0]) * (y - best)
+            best = y
+    return area

@@ -1,0 +1,109 @@
+"""policy.py: the one sampler and its log-probs against an unpadded forward of each sample, KL against the
+reference, left padding that changes nothing, and the shipped world model sampled through it."""
+import copy
+import os
+
+import pytest
+import torch
+
+import world
+from policy import evaluate_samples, eval_mode, load_model, sample, sampled_logps
+
+MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "world-tiny")
+
+
+def sharpened(model):
+    """A changed copy of a model: its final norm scaled up, so every next-token distribution sharpens."""
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.model.norm.weight.mul_(20.0)
+    return changed
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model(MODEL_DIR, torch.device("cpu"))
+
+
+def test_kl_is_exactly_zero_for_the_reference_against_itself_and_positive_for_a_changed_model(tiny_world):
+    tokenizer, reference = load_model(tiny_world["model"], torch.device("cpu"))
+    prompts = world.eval_prompts(6)
+    same, _ = evaluate_samples(reference, tokenizer, prompts, world.score, num_samples=3, reference=reference,
+                               max_new_tokens=16)
+    assert same["kl"] == 0.0 and same["kl_se"] == 0.0
+    changed, _ = evaluate_samples(sharpened(reference), tokenizer, prompts, world.score, num_samples=3,
+                                  reference=reference, max_new_tokens=16)
+    assert changed["kl"] > 3 * changed["kl_se"] > 0
+    assert set(world.OBJECTIVES) | {"well_formed", "words", "kl"} <= set(changed)
+
+
+def test_without_a_scorer_the_length_in_tokens_is_reported(tiny_world):
+    tokenizer, model = load_model(tiny_world["model"], torch.device("cpu"))
+    prompts = world.eval_prompts(3)
+    scores, examples = evaluate_samples(model, tokenizer, prompts, num_samples=2, max_new_tokens=5, seed=1)
+    _, batches = sample(model, tokenizer, prompts, 2, 0.6, max_new_tokens=5, seed=1)
+    lengths = [int(m.sum()) for b in batches for m in b["completion_mask"]]
+    assert set(scores) == {"samples", "tokens", "tokens_se"} and scores["samples"] == 6
+    assert scores["tokens"] == pytest.approx(sum(lengths) / 6) and 1 <= min(lengths) and max(lengths) <= 5
+    assert [e["tokens"] for e in examples] == lengths
+
+
+def test_sampled_logps_match_an_unpadded_forward_up_to_the_first_eos(tiny_world):
+    tokenizer, model = load_model(tiny_world["model"], torch.device("cpu"))
+    prompts = world.eval_prompts(5)  # prompts of 3 to 5 facts: different lengths, so left padding is exercised
+    texts, batches = sample(model, tokenizer, prompts, 2, 1.0, max_new_tokens=30, seed=3, batch_size=3)
+    logps, k = sampled_logps(model, batches, rows_per_forward=4), 0  # batches of 6 rows: chunks 4 + 2
+    ended = 0
+    for batch in batches:
+        for ids, completion in zip(batch["input_ids"], batch["completion_mask"]):
+            prompt = tokenizer(prompts[k // 2])["input_ids"]  # [bos] prompt, as the world trains its model
+            response = ids[completion.bool()].tolist()
+            ended += response[-1] == tokenizer.eos_token_id
+            assert tokenizer.eos_token_id not in response[:-1]
+            full = torch.tensor([prompt + response])
+            token_logps = torch.log_softmax(model(input_ids=full).logits[0, :-1].double(), -1)
+            expected = sum(token_logps[len(prompt) - 1 + t, y].item() for t, y in enumerate(response))
+            assert logps[k] == pytest.approx(expected, abs=1e-4)
+            assert texts[k // 2][k % 2] == tokenizer.decode(response, skip_special_tokens=True)
+            k += 1
+    assert k == 10 and 0 < ended < 10  # some samples stopped at EOS, some ran out of tokens
+
+
+def test_left_padding_does_not_change_what_a_prompt_gets(shipped):
+    """Near-greedy sampling of a short prompt, alone and in a batch with longer prompts, must agree."""
+    tokenizer, model = shipped
+    short = "facts: the cat is happy . the dog is slow . the owl is old . summary:"
+    long = "facts: the cat is happy . the dog is slow . the owl is old . the bee is red . the elk is tall . summary:"
+    alone, _ = sample(model, tokenizer, [short], 1, 1e-3, seed=0)
+    batched, _ = sample(model, tokenizer, [long, short, long], 1, 1e-3, seed=5)
+    assert [batched[1]] == alone
+
+
+def test_sampling_is_seeded_and_leaves_mode_and_global_rng_as_found(shipped):
+    tokenizer, model = shipped
+    prompts = world.eval_prompts(8, seed=11)
+    model.train()
+    state = torch.random.get_rng_state()
+    first, _ = sample(model, tokenizer, prompts, 1, 1.0, seed=0)
+    assert model.training and torch.equal(torch.random.get_rng_state(), state)
+    assert sample(model, tokenizer, prompts, 1, 1.0, seed=0)[0] == first
+    assert sample(model, tokenizer, prompts, 1, 1.0, seed=1)[0] != first
+    model.eval()
+
+
+def test_eval_mode_restores_each_models_own_mode_even_after_an_error():
+    a, b = torch.nn.Dropout(), torch.nn.Dropout()
+    b.eval()
+    with pytest.raises(RuntimeError), eval_mode(a, b):
+        assert not a.training and not b.training
+        raise RuntimeError
+    assert a.training and not b.training
+
+
+def test_shipped_model_samples_are_mostly_well_formed(shipped):
+    tokenizer, model = shipped
+    prompts = world.eval_prompts(32, seed=11)
+    samples, _ = sample(model, tokenizer, prompts, 1, 1.0, max_new_tokens=48, seed=0)
+    assert len(samples) == 32 and all(len(s) == 1 for s in samples)
+    assert sum(world.is_well_formed(s[0]) for s in samples) / 32 > 0.8
+    assert sum(world.score(p, s[0])["quality"] for p, s in zip(prompts, samples)) / 32 > 0.2  # it does summarise
