@@ -1,21 +1,14 @@
 """The theory of RACO made visible and checked, on problems small enough to know the answer exactly.
 
-Three parts (SPEC sections 2, 3 and 6), each a function the tests call with smaller sizes:
-1. check_quadratics: two convex quadratic objectives, plain gradient steps theta <- theta - eta d with eta < 1/L.
-   Step by step it checks Thm 3.1's descent certificate, Gamma >= (1 - c^2)/2 and the min-gradient bound, the
-   m = 2 facts rho~ >= rho and Thm 3.2's identity, and that DPO-LW, CAGrad and RACO all reach the weighted optimum
-   theta_w* (a Pareto-critical point); it counts the iterations each method needs.
-2. worked_example: SPEC section 2's numbers recomputed (the dual also by brute force over a grid).
-3. run_cagrad_toy: the classic two-objective toy of the CAGrad paper, every method from the three published starts
-   and several user weights, with Adam. Figures in parameter and objective space show MGDA and PCGrad landing on
-   *some* Pareto point while LW, CAGrad and RACO land on the one the weights ask for.
+Thm 3.1 and 3.2 step by step on convex quadratics (check_quadratics, SPEC section 3), the worked example of SPEC
+section 2, and the CAGrad paper's two-objective toy (run_cagrad_toy, SPEC section 6), whose figures show MGDA and
+PCGrad landing on *some* Pareto point while LW, CAGrad and RACO land on the one the weights ask for.
 
-    python toy_pareto.py [--out out/toy] [--quick]
-
-prints the tables, writes PNGs to --out, and exits 1 with a line naming every claim that failed.
+    python toy_pareto.py [--out out/toy] [--quick]  # tables; PNGs to --out; exit 1 naming every failed claim
 """
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -33,10 +26,8 @@ DESCENT_METHODS = ("lw", "cagrad", "raco")  # the three that target theta_w*; MG
 
 def gamma(rho, c, L_eta):
     """Thm 3.1's per-step decrease factor Gamma(rho) = 1 + c rho - (L eta / 2)(1 + c^2 + 2 c rho).
-
     From the descent lemma with d = g0 + c ||g0|| u, rho = cos(g0, u): <g0, d> = ||g0||^2 (1 + c rho) and
-    ||d||^2 = ||g0||^2 (1 + c^2 + 2 c rho), so L_w(theta - eta d) <= L_w(theta) - eta Gamma ||g0||^2.
-    """
+    ||d||^2 = ||g0||^2 (1 + c^2 + 2 c rho), so L_w(theta - eta d) <= L_w(theta) - eta Gamma ||g0||^2."""
     return 1.0 + c * rho - 0.5 * L_eta * (1.0 + c * c + 2.0 * c * rho)
 
 
@@ -46,18 +37,13 @@ def min_norm_ratio(H):
     return info["direction_norm"] / max(float(info["grad_norms"].max()), 1e-300)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # 1. Convex quadratics: every quantity of Section 3 is computable exactly.
 
 def random_quadratics(dim, seed):
-    """Two objectives L_i(theta) = 0.5 (theta - t_i)^T A_i (theta - t_i) >= 0 with distant minimisers t_i.
-
+    """Two objectives L_i(theta) = 0.5 (theta - t_i)^T A_i (theta - t_i) >= 0 with distant minimisers t_i, weights
+    w_1 ~ U(0.1, 0.9), and the exact weighted problem: A_w = sum w_i A_i, its minimiser theta_star, L = lambda_max.
     A_i = Q_i diag(e_i) Q_i^T with independent random rotations (so the objectives disagree in direction, not just in
-    target) and eigenvalues log-uniform in [0.05, 1]: L_w's condition number is at most 20, which keeps the runs
-    short. User weights w_1 ~ U(0.1, 0.9). Returns A (2, n, n), targets (2, n), w (2,), theta0 (n,), and the exact
-    weighted problem: A_w = sum w_i A_i, theta_star solving A_w theta = sum w_i A_i t_i, and L = lambda_max(A_w),
-    the smoothness constant of L_w.
-    """
+    target) and eigenvalues log-uniform in [0.05, 1]: L_w's condition number is at most 20, which keeps runs short."""
     rng = np.random.default_rng(seed)
     rotations = [np.linalg.qr(rng.standard_normal((dim, dim)))[0] for _ in range(2)]
     A = np.stack([Q @ np.diag(np.exp(rng.uniform(math.log(0.05), 0.0, dim))) @ Q.T for Q in rotations])
@@ -70,178 +56,139 @@ def random_quadratics(dim, seed):
                 theta_star=theta_star, L=float(np.linalg.eigvalsh(A_w)[-1]))
 
 
-def descend(problem, method, c, eta, max_steps, tol):
-    """Plain gradient steps theta <- theta - eta d, d = sum_i a_i g_i with a from cagrad.coefficients.
+def dual_facts(info):
+    """From cagrad.coefficients' info: is the dual's p = (lam, 1 - lam) inside the simplex, and did RACO's clip change
+    the direction? (p~ = min(p, w) lowers some p_i whenever p != w, but the direction only off the vertices.)"""
+    p = info["p"].numpy() if "p" in info else np.full(2, np.nan)  # NaN: no dual solved, so neither
+    p_clipped = info["p_clipped"].numpy() if "p_clipped" in info else p
+    return 1e-9 < p[0] < 1 - 1e-9, np.abs(p_clipped / max(p_clipped.sum(), 1e-300) - p).max() > 1e-9
 
-    Stops once L_w - L_w* <= tol (L_w(theta0) - L_w*). Not much further: the solver sees g0 only through the Gram
-    matrix, ||g0||^2 = w^T H w, which carries an absolute error ~1e-16 max ||g_i||^2; near theta_w* the g_i nearly
-    cancel (w1 g1 = -w2 g2 there), and once ||g0|| / ||g_i|| < ~1e-7 (excess ~1e-14) its rho is rounding noise.
-    Per step it logs what Section 3 talks about:
-    excess = L_w(theta_t) - L_w* (exact: 0.5 e^T A_w e with e = theta - theta_w*, so no cancellation near the end),
-    excess_next, g0_sq = ||grad L_w||^2, the c and rho of d = g0 + c ||g0|| u as the solver reports them and as
-    measured from the vectors (c = rho = 0 where d = g0), lam (the dual's p_1), rho_clipped and rho_unclipped
-    (RACO's cosines cos(g0, G~) and cos(g0, G_p) as the solver reports them, even where d falls back to g0),
-    clip_changed.
-    """
+
+def descend(problem, method, c, eta, max_steps, tol):
+    """Plain gradient steps theta <- theta - eta d, d = sum_i a_i g_i with a from cagrad.coefficients, until
+    L_w - L_w* <= tol (L_w(theta0) - L_w*). Not much further: the solver sees g0 only through the Gram matrix,
+    ||g0||^2 = w^T H w, which carries an absolute error ~1e-16 max ||g_i||^2; near theta_w* the g_i nearly cancel
+    (w1 g1 = -w2 g2 there), and once ||g0|| / ||g_i|| < ~1e-7 (excess ~1e-14) its rho is rounding noise.
+    Returns (log, steps_to_tol or None): the log's arrays hold one entry per step (eta and L eta too, so that runs
+    concatenate). excess = L_w - L_w* is exact as 0.5 e^T A_w e, no cancellation near the end; c = rho = 0 where
+    d = g0, but RACO's cosines with and without the clip are kept there too."""
     A, targets, w, A_w, theta_star = (problem[k] for k in ("A", "targets", "w", "A_w", "theta_star"))
-    theta = problem["theta0"].copy()
-    excess0 = 0.5 * (theta - theta_star) @ A_w @ (theta - theta_star)
-    log = {k: [] for k in ("excess", "excess_next", "g0_sq", "c", "rho", "c_measured", "rho_measured", "lam",
-                           "rho_clipped", "rho_unclipped", "clip_changed")}
-    steps_to_tol = None
+    theta, excess, log, L_eta = problem["theta0"].copy(), [], [], problem["L"] * eta
     for step in range(max_steps + 1):
         e = theta - theta_star
-        if 0.5 * e @ A_w @ e <= tol * excess0:
-            steps_to_tol = step
-            break
-        if step == max_steps:
+        excess.append(0.5 * e @ A_w @ e)
+        if excess[-1] <= tol * excess[0] or step == max_steps:
             break
         G = np.einsum("ijk,ik->ij", A, theta - targets)  # g_i = A_i (theta - t_i), (2, n)
         a, info = coefficients(G @ G.T, w, method, c)
-        a = a.numpy()
+        a, (interior, clip_changed) = a.numpy(), dual_facts(info)
         g0, d = w @ G, a @ G
-        fell_back = method == "lw" or np.array_equal(a, w)  # d = g0: the c rho terms vanish from Gamma
-        rho_key = "rho_clipped" if method == "raco" else "rho"
-        log["c"].append(0.0 if fell_back else c)
-        log["rho"].append(0.0 if fell_back else info[rho_key])
-        # The same two numbers measured from the vectors themselves, to check the solver's bookkeeping.
         u = d - g0
-        log["c_measured"].append(np.linalg.norm(u) / np.linalg.norm(g0))
-        log["rho_measured"].append(0.0 if fell_back else g0 @ u / (np.linalg.norm(g0) * np.linalg.norm(u)))
-        p = info["p"].numpy() if "p" in info else np.full(2, np.nan)
-        log["lam"].append(p[0])
-        log["rho_clipped"].append(info.get("rho_clipped", np.nan))  # RACO's cosines after and before the clip
-        log["rho_unclipped"].append(info.get("rho", np.nan))
-        p_clipped = info["p_clipped"].numpy() if "p_clipped" in info else p
-        # The clip always lowers some p_i when p != w, but it changes the *direction* only off the vertices.
-        log["clip_changed"].append(bool(np.abs(p_clipped / max(p_clipped.sum(), 1e-300) - p).max() > 1e-9))
-        log["excess"].append(0.5 * e @ A_w @ e)
-        log["g0_sq"].append(g0 @ g0)
+        fell_back = method == "lw" or np.array_equal(a, w)  # d = g0: the c rho terms vanish from Gamma
+        c_used, rho_used = (0.0, 0.0) if fell_back else (c, info["rho_clipped" if method == "raco" else "rho"])
+        rho_measured = 0.0 if fell_back else g0 @ u / (np.linalg.norm(g0) * np.linalg.norm(u))
+        log.append(dict(
+            g0_sq=g0 @ g0, c=c_used, rho=rho_used, eta=eta, L_eta=L_eta, interior=interior, clip_changed=clip_changed,
+            # The same (c, rho) measured from the vectors themselves, to check the solver's bookkeeping.
+            mismatch=max(abs(np.linalg.norm(u) / np.linalg.norm(g0) - c_used), abs(rho_measured - rho_used)),
+            rho_clipped=info.get("rho_clipped", np.nan), rho_unclipped=info.get("rho", np.nan)))
         theta = theta - eta * d
-        e = theta - theta_star
-        log["excess_next"].append(0.5 * e @ A_w @ e)
-    out = {k: np.array(v, dtype=float) for k, v in log.items()}
-    out.update(steps_to_tol=steps_to_tol, excess0=excess0)
-    return out
+    log = {k: np.array([entry[k] for entry in log], dtype=float) for k in log[0]}
+    T, c_run = np.arange(1, len(excess)), 0.0 if method == "lw" else c  # LW's d is g0: its bound holds with c = 0
+    log.update(excess=np.array(excess[:-1]), excess_next=np.array(excess[1:]),
+               min_g0_sq=np.minimum.accumulate(log["g0_sq"]), bound=2 * excess[0] / (eta * (1 - c_run**2) * T))
+    return log, (len(excess) - 1 if excess[-1] <= tol * excess[0] else None)
 
 
 def check_quadratics(dims=(2, 50, 100), seeds=range(10), c=0.4, eta_scale=0.5, max_steps=3000, tol=1e-10):
-    """Run LW, CAGrad and RACO on random_quadratics(dim, seed) with eta = eta_scale / L; check Section 3.
-
-    Returns {"rows": one summary dict per (dim, method), "claims": [Claim], "traces": {(dim, method): descend output
-    for the first seed}} (the traces feed the convergence figure).
-    """
+    """Run LW, CAGrad and RACO on random_quadratics(dim, seed) with eta = eta_scale / L; check Section 3. Returns the
+    printed table's rows (header -> cell), the claims, and each (dim, method)'s first log for the figure."""
     rows, claims, traces = [], [], {}
+    pool = lambda logs: {k: np.concatenate([log[k] for log in logs]) for k in logs[0]}  # several runs' steps as one
     for dim in dims:
-        runs = {m: [] for m in DESCENT_METHODS}
-        pareto_at_star = []
-        for seed in seeds:
-            problem = random_quadratics(dim, seed)
-            eta, L = eta_scale / problem["L"], problem["L"]
+        logs, steps, pareto_at_star = {m: [] for m in DESCENT_METHODS}, {m: [] for m in DESCENT_METHODS}, []
+        for problem in (random_quadratics(dim, seed) for seed in seeds):
             G_star = np.einsum("ijk,ik->ij", problem["A"], problem["theta_star"] - problem["targets"])
             pareto_at_star.append(min_norm_ratio(G_star @ G_star.T))
             for method in DESCENT_METHODS:
-                run = descend(problem, method, c, eta, max_steps, tol)
-                run.update(eta=eta, L=L, c_run=0.0 if method == "lw" else c)
-                runs[method].append(run)
-                if seed == seeds[0]:
-                    traces[(dim, method)] = run
-        worst = dict(cert=-np.inf, gamma=np.inf, bound=0.0, direction=0.0, rho_gain=np.inf, identity=0.0)
-        for method, method_runs in runs.items():
-            for run in method_runs:
-                L_eta = run["L"] * run["eta"]
-                g = gamma(run["rho"], run["c"], L_eta)
-                # Thm 3.1 certificate: L_w(theta_{t+1}) <= L_w(theta_t) - eta Gamma ||g0||^2, 1e-9 relative slack.
-                certified = run["excess"] - run["eta"] * g * run["g0_sq"]
-                worst["cert"] = max(worst["cert"], np.max((run["excess_next"] - certified) / run["excess"], initial=-1))
-                worst["gamma"] = min(worst["gamma"], np.min(g - (1 - run["c"] ** 2) / 2, initial=np.inf))
-                # Thm 3.1 bound, for every horizon T: min_{t<T} ||g0_t||^2 <= 2 (L_w(theta0) - L_w*) / (eta (1-c^2) T).
-                horizon = np.arange(1, len(run["g0_sq"]) + 1)
-                bound = 2 * run["excess0"] / (run["eta"] * (1 - run["c_run"] ** 2) * horizon)
-                worst["bound"] = max(worst["bound"], np.max(np.minimum.accumulate(run["g0_sq"]) / bound, initial=0))
-                worst["direction"] = max(worst["direction"], np.max(np.abs(run["c_measured"] - run["c"]), initial=0),
-                                         np.max(np.abs(run["rho_measured"] - run["rho"]), initial=0))
-                if method == "raco":  # Thm 3.2, m = 2: the clip never lowers the cosine, and the identity on Gamma
-                    rho_gain = run["rho_clipped"] - run["rho_unclipped"]
-                    worst["rho_gain"] = min(worst["rho_gain"], np.min(rho_gain, initial=0))
-                    gain = gamma(run["rho_clipped"], c, L_eta) - gamma(run["rho_unclipped"], c, L_eta)
-                    predicted = c * (1 - L_eta) * rho_gain
-                    worst["identity"] = max(worst["identity"], np.max(np.abs(gain - predicted), initial=0))
-        steps = {m: [r["steps_to_tol"] for r in runs[m]] for m in DESCENT_METHODS}
+                log, steps_to_tol = descend(problem, method, c, eta_scale / problem["L"], max_steps, tol)
+                logs[method].append(log)
+                steps[method].append(steps_to_tol)
+        traces.update({(dim, method): logs[method][0] for method in DESCENT_METHODS})
         for method in DESCENT_METHODS:
-            done = [s for s in steps[method] if s is not None]
-            others = [m for m in DESCENT_METHODS if m != method]
-            fastest = sum(s is not None and all(steps[o][k] is None or s <= steps[o][k] for o in others)
+            done, pooled, dual = [s for s in steps[method] if s is not None], pool(logs[method]), method != "lw"
+            fastest = sum(s is not None and all(steps[o][k] is None or s <= steps[o][k] for o in DESCENT_METHODS)
                           for k, s in enumerate(steps[method]))
-            lam = np.concatenate([r["lam"] for r in runs[method]])
-            rows.append(dict(
-                dim=dim, method=method, converged=f"{len(done)}/{len(steps[method])}",
-                mean_steps=np.mean(done) if done else np.nan, median_steps=np.median(done) if done else np.nan,
-                fastest=fastest, interior=np.mean((lam > 1e-9) & (lam < 1 - 1e-9)) if method != "lw" else np.nan,
-                interior_start=np.mean([1e-9 < r["lam"][0] < 1 - 1e-9 for r in runs[method]])
-                if method != "lw" else np.nan,
-                clip_changed=np.mean(np.concatenate([r["clip_changed"] for r in runs[method]]))
-                if method == "raco" else np.nan,
-                mean_rho=np.mean(np.concatenate([r["rho"] for r in runs[method]])) if method != "lw" else np.nan,
-                min_gamma=min(np.min(gamma(r["rho"], r["c"], r["L"] * r["eta"])) for r in runs[method])))
-        n_runs = len(seeds) * len(DESCENT_METHODS)
+            rows.append({  # "-": not applicable (LW solves no dual, only RACO clips)
+                "dim": dim, "method": method, "reached": f"{len(done)}/{len(seeds)}",
+                "mean iters": f"{np.mean(done):.1f}" if done else "-",
+                "median": f"{np.median(done):.0f}" if done else "-", "fastest": fastest,
+                "dual interior": f"{np.mean(pooled['interior']):.1%}" if dual else "-",
+                "... at theta0": f"{np.mean([log['interior'][0] for log in logs[method]]):.0%}" if dual else "-",
+                "clip changes d": f"{np.mean(pooled['clip_changed']):.1%}" if method == "raco" else "-",
+                "mean rho used": f"{np.mean(pooled['rho']):.3f}" if dual else "-",
+                "min Gamma": f"{np.min(gamma(pooled['rho'], pooled['c'], pooled['L_eta'])):.3f}"})
+        every, raco = pool([log for m in DESCENT_METHODS for log in logs[m]]), pool(logs["raco"])
+        g = gamma(every["rho"], every["c"], every["L_eta"])
+        # Thm 3.1 certificate: L_w(theta_{t+1}) <= L_w(theta_t) - eta Gamma ||g0||^2, 1e-9 relative slack.
+        certified = every["excess"] - every["eta"] * g * every["g0_sq"]
+        certificate = np.max((every["excess_next"] - certified) / every["excess"], initial=-1)
+        floor = np.min(g - (1 - every["c"] ** 2) / 2, initial=np.inf)
+        # Thm 3.1 bound, for every horizon T: min_{t<T} ||g0_t||^2 <= 2 (L_w(theta0) - L_w*) / (eta (1-c^2) T).
+        bound = np.max(every["min_g0_sq"] / every["bound"], initial=0)
+        mismatch = np.max(every["mismatch"], initial=0)
+        # Thm 3.2, m = 2: the clip never lowers the cosine, and the identity on Gamma.
+        rho_gain = raco["rho_clipped"] - raco["rho_unclipped"]
+        gain = gamma(raco["rho_clipped"], c, raco["L_eta"]) - gamma(raco["rho_unclipped"], c, raco["L_eta"])
+        identity = np.max(np.abs(gain - c * (1 - raco["L_eta"]) * rho_gain), initial=0)
+        runs, reached = len(seeds) * len(DESCENT_METHODS), sum(s is not None for m in steps for s in steps[m])
         # The min-norm is the square root of a Gram quadratic form, so rounding puts its floor near sqrt(1e-16) = 1e-8.
-        claims += [
-            Claim(f"[d={dim}] LW, CAGrad, RACO reach theta_w* (L_w - L_w* <= {tol:g} x initial)",
-                  all(s is not None for m in steps for s in steps[m]),
-                  f"{sum(s is not None for m in steps for s in steps[m])}/{n_runs} runs within {max_steps} steps"),
-            Claim(f"[d={dim}] theta_w* is Pareto-critical (min-norm ||sum p_i g_i|| / max ||g_i|| < 1e-6)",
-                  max(pareto_at_star) < 1e-6, f"largest {max(pareto_at_star):.1e}"),
-            Claim(f"[d={dim}] Thm 3.1 certificate L_w(t+1) <= L_w(t) - eta Gamma ||g0||^2 at every step",
-                  worst["cert"] <= 1e-9, f"largest (lhs - rhs) / (L_w - L_w*) = {worst['cert']:.1e}, tolerance 1e-9"),
-            Claim(f"[d={dim}] Gamma >= (1 - c^2)/2 at every step", worst["gamma"] >= -1e-12,
-                  f"smallest Gamma - (1 - c^2)/2 = {worst['gamma']:.3g}"),
-            Claim(f"[d={dim}] Thm 3.1 bound on min_t ||grad L_w||^2 holds for every horizon T", worst["bound"] <= 1.0,
-                  f"largest min_t ||g0||^2 / bound {worst['bound']:.2e}"),
-            Claim(f"[d={dim}] solver's (c, rho) match d = g0 + c ||g0|| u measured from the vectors",
-                  worst["direction"] < 1e-6, f"largest mismatch {worst['direction']:.1e}"),
-            Claim(f"[d={dim}] RACO: rho~ >= rho at every step (m = 2)", worst["rho_gain"] >= -1e-12,
-                  f"smallest rho~ - rho = {worst['rho_gain']:.2e}"),
-            Claim(f"[d={dim}] Thm 3.2: Gamma(rho~) - Gamma(rho) = c (1 - L eta)(rho~ - rho)", worst["identity"] < 1e-12,
-                  f"largest deviation {worst['identity']:.1e}"),
-        ]
+        claims += [Claim(f"[d={dim}] {name}", passed, detail) for name, passed, detail in (
+            (f"LW, CAGrad, RACO reach theta_w* (L_w - L_w* <= {tol:g} x initial)", reached == runs,
+             f"{reached}/{runs} runs within {max_steps} steps"),
+            ("theta_w* is Pareto-critical (min-norm ||sum p_i g_i|| / max ||g_i|| < 1e-6)",
+             max(pareto_at_star) < 1e-6, f"largest {max(pareto_at_star):.1e}"),
+            ("Thm 3.1 certificate L_w(t+1) <= L_w(t) - eta Gamma ||g0||^2 at every step", certificate <= 1e-9,
+             f"largest (lhs - rhs) / (L_w - L_w*) = {certificate:.1e}, tolerance 1e-9"),
+            ("Gamma >= (1 - c^2)/2 at every step", floor >= -1e-12, f"smallest Gamma - (1 - c^2)/2 = {floor:.3g}"),
+            ("Thm 3.1 bound on min_t ||grad L_w||^2 holds for every horizon T", bound <= 1.0,
+             f"largest min_t ||g0||^2 / bound {bound:.2e}"),
+            ("solver's (c, rho) match d = g0 + c ||g0|| u measured from the vectors", mismatch < 1e-6,
+             f"largest mismatch {mismatch:.1e}"),
+            ("RACO: rho~ >= rho at every step (m = 2)", np.min(rho_gain, initial=0) >= -1e-12,
+             f"smallest rho~ - rho = {np.min(rho_gain, initial=0):.2e}"),
+            ("Thm 3.2: Gamma(rho~) - Gamma(rho) = c (1 - L eta)(rho~ - rho)", identity < 1e-12,
+             f"largest deviation {identity:.1e}"))]
     return dict(rows=rows, claims=claims, traces=traces)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # 2. The worked example of SPEC section 2.
 
-WORKED_EXAMPLE_EXPECTED = dict(lam=(0.356145, 6), rho=(0.3458, 4), rho_clipped=(0.9433, 4), gamma=(0.9335, 4),
-                               gamma_clipped=(1.1427, 4))  # value, decimals printed in SPEC
-
-
 def worked_example():
-    """g1 = (1, -4), g2 = (-1, 1), w = (0.2, 0.8), c = 0.5, L_w = 3, eta = 0.1 through cagrad.coefficients.
-
-    lam_grid is an independent check of the dual: Phi on a grid of 10^6 + 1 values of lam, from the vectors.
-    """
+    """g1 = (1, -4), g2 = (-1, 1), w = (0.2, 0.8), c = 0.5, L_w = 3, eta = 0.1 through cagrad.coefficients; lam_grid,
+    an independent check of the dual, minimises Phi over 10^6 + 1 values of lam, computed from the vectors."""
     g, w, c, L_eta = np.array([[1.0, -4.0], [-1.0, 1.0]]), np.array([0.2, 0.8]), 0.5, 3 * 0.1
     _, info = coefficients(g @ g.T, w, "raco", c)
     g0 = w @ g
     lam = np.linspace(0, 1, 1_000_001)
     G_p = lam[:, None] * g[0] + (1 - lam[:, None]) * g[1]
     phi = G_p @ g0 + c * np.linalg.norm(g0) * np.linalg.norm(G_p, axis=1)
-    rho, rho_clipped = info["rho"], info["rho_clipped"]
-    return dict(lam=float(info["p"][0]), lam_grid=float(lam[np.argmin(phi)]), rho=rho, rho_clipped=rho_clipped,
-                gamma=gamma(rho, c, L_eta), gamma_clipped=gamma(rho_clipped, c, L_eta))
+    return dict(lam=float(info["p"][0]), lam_grid=float(lam[np.argmin(phi)]), rho=info["rho"],
+                rho_clipped=info["rho_clipped"], gamma=gamma(info["rho"], c, L_eta),
+                gamma_clipped=gamma(info["rho_clipped"], c, L_eta))
 
 
 def check_worked_example(values):
-    claims = [Claim("worked example: closed-form lam* agrees with a 1e-6 grid search",
-                    abs(values["lam"] - values["lam_grid"]) <= 1e-6,
-                    f"{values['lam']:.7f} vs {values['lam_grid']:.6f}")]
-    for key, (expected, decimals) in WORKED_EXAMPLE_EXPECTED.items():
-        ok = abs(values[key] - expected) <= 0.5 * 10.0**-decimals + 1e-12  # equal to the printed precision
-        claims.append(Claim(f"worked example: {key} = {expected}", ok, f"computed {values[key]:.{decimals + 2}f}"))
-    return claims
+    expected = dict(lam=(0.356145, 6), rho=(0.3458, 4), rho_clipped=(0.9433, 4), gamma=(0.9335, 4),
+                    gamma_clipped=(1.1427, 4))  # value, decimals printed in SPEC
+    lam, lam_grid = values["lam"], values["lam_grid"]
+    return [Claim("worked example: closed-form lam* agrees with a 1e-6 grid search", abs(lam - lam_grid) <= 1e-6,
+                  f"{lam:.7f} vs {lam_grid:.6f}")] + [
+        Claim(f"worked example: {key} = {value}", abs(values[key] - value) <= 0.5 * 10.0**-decimals + 1e-12,
+              f"computed {values[key]:.{decimals + 2}f}")  # equal to the printed precision
+        for key, (value, decimals) in expected.items()]
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # 3. The classic two-objective toy (CAGrad paper, SPEC section 6).
 
 STARTS = ((-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0))
@@ -255,8 +202,7 @@ def toy_losses(x):
     at eps, so gradients up to ~1/eps) that can trap a run; below (c2 > 0) each is a bowl, centred at x1 = +7 for f1
     and x1 = -7 for f2: the two pull x1 apart, and between the two centres lies the Pareto set."""
     x1, x2 = x[..., 0], x[..., 1]
-    c1 = torch.tanh(x2 / 2).clamp(min=0)
-    c2 = torch.tanh(-x2 / 2).clamp(min=0)
+    c1, c2 = torch.tanh(x2 / 2).clamp(min=0), torch.tanh(-x2 / 2).clamp(min=0)
     f1 = (c1 * (torch.log((0.5 * (-x1 - 7) - torch.tanh(-x2)).abs().clamp(min=_EPS)) + 6)
           + c2 * (((-x1 + 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20))
     f2 = (c1 * (torch.log((0.5 * (-x1 + 3) + torch.tanh(-x2) + 2).abs().clamp(min=_EPS)) + 6)
@@ -267,20 +213,17 @@ def toy_losses(x):
 def toy_gradients(x):
     """x: (R, 2) -> losses (R, 2) and per-objective gradients (R, 2 objectives, 2 coordinates); rows independent."""
     x = torch.as_tensor(x, dtype=torch.float64).detach().requires_grad_(True)
-    f1, f2 = toy_losses(x)
-    g1, = torch.autograd.grad(f1.sum(), x, retain_graph=True)
-    g2, = torch.autograd.grad(f2.sum(), x)
-    return torch.stack([f1, f2], 1).detach(), torch.stack([g1, g2], 1)
+    losses = toy_losses(x)
+    G = [torch.autograd.grad(f.sum(), x, retain_graph=True)[0] for f in losses]  # sum: the rows do not interact
+    return torch.stack(losses, 1).detach(), torch.stack(G, 1)
 
 
 def pareto_set(x1):
-    """The exact Pareto-critical points below the plane, x1: (k,) in [-7, 7] -> (k, 2) numpy.
-
-    There c1 = 0 and df1/dx1 = c2 (x1 - 7)/5, df2/dx1 = c2 (x1 + 7)/5, so only p = ((x1 + 7)/14, (7 - x1)/14) cancels
-    the x1-gradients; x2 is where that mixture's x2-gradient vanishes as well (one sign change on [-9, -7.8], found
-    by bisection). It bends from x2 = -8.355 at x1 = 0 to -8.434 at x1 = +-7: SPEC's segment is its x1 = 0 level.
-    The weighted optimum for w is the point with p = w, i.e. x1 = 7 (w1 - w2).
-    """
+    """The exact Pareto-critical points below the plane, x1: (k,) in [-7, 7] -> (k, 2) numpy. There c1 = 0 and
+    df1/dx1 = c2 (x1 - 7)/5, df2/dx1 = c2 (x1 + 7)/5, so only p = ((x1 + 7)/14, (7 - x1)/14) cancels the x1-gradients;
+    x2 is where that mixture's x2-gradient vanishes as well (one sign change on [-9, -7.8], found by bisection). It
+    bends from x2 = -8.355 at x1 = 0 to -8.434 at x1 = +-7: SPEC's segment is its x1 = 0 level. The weighted optimum
+    for w is the point with p = w, i.e. x1 = 7 (w1 - w2)."""
     x1 = torch.as_tensor(x1, dtype=torch.float64)
     p1 = (x1 + 7) / 14
 
@@ -297,42 +240,29 @@ def pareto_set(x1):
     return torch.stack([x1, (low + high) / 2], 1).numpy()
 
 
-def distance_to_curve(point, curve):
-    """Euclidean distance from point (2,) to the polyline through curve (k, 2)."""
-    start, segment = curve[:-1], np.diff(curve, axis=0)
-    along = np.clip(np.einsum("kj,kj->k", point - start, segment) / np.einsum("kj,kj->k", segment, segment), 0, 1)
-    return float(np.min(np.linalg.norm(start + along[:, None] * segment - point, axis=1)))
-
-
 def run_cagrad_toy(methods=METHODS, starts=STARTS, weights=WEIGHTS, steps=1000, lr=0.3, beta2=0.9, c=0.4):
     """Every (method, weight, start) at once: one (R, 2) tensor of points, one Adam (it acts elementwise, so this is
-    R independent runs), d written into x.grad. Two departures from the original (lr 1e-3, 100 000 steps):
+    R independent runs), d written into x.grad. Returns paths (methods, weights, starts, steps + 1, 2) and per method
+    the fraction of steps with an interior dual and with the clip changing d. Two departures from the original (lr
+    1e-3, 100 000 steps):
     - Adam's steps have size ~lr whatever the gradient, so a constant lr big enough to cross the plane in a few
       hundred steps leaves the iterate rattling around the optimum; cosine decay to 0 lets it settle.
     - beta2 = 0.9 instead of 0.999: the log terms above the plane have cliffs with gradients up to ~1/eps, and a
       long second-moment memory keeps dividing by them for thousands of steps after the iterate has left, so the
       walk along the valley to the weighted optimum crawls and where a run stops depends on lr (with 0.999, lr 0.4
       to 0.7 and 1000 steps left some LW/CAGrad/RACO runs short of their target or stalled on the x2 = 0 kink).
-      With 0.9 every lr from 0.05 to 1 reached the targets in 1000 steps.
-
-    Returns paths (methods, weights, starts, steps + 1, 2) numpy, and per method the fraction of steps with an
-    interior dual (0 < lam < 1) and with the clip changing the direction.
-    """
-    grid = [(m, w, s) for m in methods for w in weights for s in starts]
+      With 0.9 every lr from 0.05 to 1 reached the targets in 1000 steps."""
+    grid = list(itertools.product(methods, weights, starts))
     x = torch.tensor([s for _, _, s in grid], dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([x], lr=lr, betas=(0.9, beta2))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    paths, interior, clip_changed = [x.detach().clone()], np.zeros(len(grid)), np.zeros(len(grid))
+    paths, dual_steps = [x.detach().clone()], np.zeros((len(grid), 2))
     for _ in range(steps):
         _, G = toy_gradients(x)
         a = torch.zeros(len(grid), 2, dtype=torch.float64)
         for r, (method, w, _) in enumerate(grid):
             a[r], info = coefficients(G[r] @ G[r].T, w, method, c)
-            if "p" in info and method != "mgda":
-                p = info["p"].numpy()
-                interior[r] += 1e-9 < p[0] < 1 - 1e-9
-                p_tilde = info["p_clipped"].numpy() if "p_clipped" in info else p
-                clip_changed[r] += np.abs(p_tilde / max(p_tilde.sum(), 1e-300) - p).max() > 1e-9
+            dual_steps[r] += dual_facts(info)  # counts of steps with (an interior dual, the clip changing d)
         x.grad = torch.einsum("ri,rij->rj", a, G)  # d = sum_i a_i g_i, handed to Adam as the gradient
         optimizer.step()
         schedule.step()
@@ -341,53 +271,45 @@ def run_cagrad_toy(methods=METHODS, starts=STARTS, weights=WEIGHTS, steps=1000, 
     per_method = lambda v: dict(zip(methods, (v.reshape(shape) / steps).mean(axis=(1, 2))))
     return dict(methods=methods, weights=weights, starts=starts,
                 paths=torch.stack(paths, 1).numpy().reshape(*shape, steps + 1, 2),
-                interior=per_method(interior), clip_changed=per_method(clip_changed))
+                interior=per_method(dual_steps[:, 0]), clip_changed=per_method(dual_steps[:, 1]))
 
 
 def toy_table(result):
-    """One row per (method, weight, start): end point, (f1, f2), distance to the exact Pareto set, the Pareto
-    measure min_p ||sum p_i g_i|| / max ||g_i||, and |x1 - 7 (w1 - w2)| (how far from the point the weights ask)."""
-    curve = pareto_set(torch.linspace(-7, 7, 141))
-    rows = []
-    for i, method in enumerate(result["methods"]):
-        for j, w in enumerate(result["weights"]):
-            for k, start in enumerate(result["starts"]):
-                end = result["paths"][i, j, k, -1]
-                losses, G = toy_gradients(end[None])
-                rows.append(dict(method=method, w=w, start=start, end=end, f=losses[0].numpy(),
-                                 distance=distance_to_curve(end, curve),
-                                 pareto=min_norm_ratio(G[0] @ G[0].T), x1_error=abs(end[0] - 7 * (w[0] - w[1]))))
-    return rows
+    """Per (method, weight, start): end, f = (f1, f2), distance to the exact Pareto set, pareto = min_norm_ratio,
+    and x1_error = |x1 - 7 (w1 - w2)|, how far from the point the weights ask for."""
+    ends, curve = result["paths"][..., -1, :].reshape(-1, 2), pareto_set(torch.linspace(-7, 7, 141))
+    knot, segment = curve[:-1], np.diff(curve, axis=0)  # the set as a polyline: project each end on each segment
+    along = np.clip(np.einsum("rkj,kj->rk", ends[:, None] - knot, segment) / (segment**2).sum(1), 0, 1)
+    distance = np.linalg.norm(knot + along[..., None] * segment - ends[:, None], axis=-1).min(1)
+    losses, G = toy_gradients(ends)
+    runs = itertools.product(result["methods"], result["weights"], result["starts"])  # the order of paths' axes
+    return [dict(method=method, w=w, start=start, end=end, f=f, distance=float(dist), pareto=min_norm_ratio(g @ g.T),
+                 x1_error=abs(end[0] - 7 * (w[0] - w[1])))
+            for (method, w, start), end, f, g, dist in zip(runs, ends, losses.numpy(), G, distance)]
 
 
 def check_toy(rows, reach=REACH):
-    """What holds on the toy (run it and look): every method ends on the Pareto set, but only LW, CAGrad and RACO end
-    at the weighted optimum (MGDA ignores w; PCGrad's end depends on w but is not its optimum); RACO's end points are
-    ordered along the front as the weights are. reach: the distance that counts as "on it" (at the defaults every
-    method ends within 1e-4 of the exact set, so 0.05 only absorbs other lr/step choices)."""
+    """Every method ends on the Pareto set, only LW, CAGrad and RACO at the weighted optimum (MGDA ignores w; PCGrad's
+    end depends on w but is not its optimum), RACO's ends in the weights' order. At the defaults every method ends
+    within 1e-4 of the exact set: reach = 0.05, the distance that counts as "on it", absorbs other lr/step choices."""
     claims = []
     for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
+        worst = {key: max(r[key] for r in rows if r["method"] == method) for key in ("distance", "x1_error")}
         claims.append(Claim(f"toy: {method} ends within {reach} of the Pareto set from every start and weight",
-                            max(r["distance"] for r in mine) <= reach,
-                            f"largest {max(r['distance'] for r in mine):.4f}"))
+                            worst["distance"] <= reach, f"largest {worst['distance']:.4f}"))
         if method in DESCENT_METHODS:
             claims.append(Claim(f"toy: {method} ends at its weighted optimum, |x1 - 7 (w1 - w2)| <= {reach}",
-                                max(r["x1_error"] for r in mine) <= reach,
-                                f"largest {max(r['x1_error'] for r in mine):.4f}"))
-    raco = [r for r in rows if r["method"] == "raco"]
-    if raco:
-        end_x1 = {}  # start -> end x1 for increasing w1
-        for r in sorted(raco, key=lambda r: r["w"][0]):
-            end_x1.setdefault(r["start"], []).append(r["end"][0])
+                                worst["x1_error"] <= reach, f"largest {worst['x1_error']:.4f}"))
+    end_x1 = {}  # RACO's runs: start -> end x1 for increasing w1
+    for r in sorted((r for r in rows if r["method"] == "raco"), key=lambda r: r["w"][0]):
+        end_x1.setdefault(r["start"], []).append(r["end"][0])
+    if end_x1:
         claims.append(Claim("toy: raco's end points move along the front with w1 (x1 rises, f1 falls), every start",
-                            all(np.all(np.diff(x1s) > 0) for x1s in end_x1.values()),
-                            "end x1 by increasing w1: " + "; ".join(", ".join(f"{x:.2f}" for x in x1s)
-                                                                      for x1s in end_x1.values())))
+                            all(np.all(np.diff(x1s) > 0) for x1s in end_x1.values()), "end x1 by increasing w1: "
+                            + "; ".join(", ".join(f"{x:.2f}" for x in x1s) for x1s in end_x1.values())))
     return claims
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Figures (matplotlib is imported here only, so the checks run without it).
 
 COLOURS = ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange")
@@ -403,7 +325,6 @@ def plot_toy(result, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-
     methods, weights, starts, paths = result["methods"], result["weights"], result["starts"], result["paths"]
     curve = pareto_set(torch.linspace(-7, 7, 281))
     targets = pareto_set(torch.tensor([7 * (w[0] - w[1]) for w in weights]))
@@ -417,19 +338,15 @@ def plot_toy(result, out):
     legend += [Line2D([], [], ls="", marker="o", color="k", label="start"),
                Line2D([], [], ls="", marker="*", color="grey", mec="k", ms=13, label="end")]
     written = []
-    for space in ("parameter", "objective"):
+    for space, transform, limits, labels in (("parameter", lambda xy: xy, (-10, 10), ("$x_1$", "$x_2$")),
+                                             ("objective", to_objectives, (-21, 9), ("$f_1$", "$f_2$"))):
         fig, axes = plt.subplots(1, len(methods), figsize=(4.3 * len(methods), 5.2), squeeze=False)
         for i, (ax, method) in enumerate(zip(axes[0], methods)):
             if space == "parameter":
                 ax.contourf(X1.numpy(), X2.numpy(), mean_loss, levels=30, cmap="Greys", alpha=0.5)
-                ax.plot(curve[:, 0], curve[:, 1], "k-", lw=3)
-                ax.set(xlim=(-10, 10), ylim=(-10, 10), xlabel="$x_1$", ylabel="$x_2$", aspect="equal")
-                transform, marks = (lambda xy: xy), targets
-            else:
-                front = to_objectives(curve)
-                ax.plot(front[:, 0], front[:, 1], "k-", lw=3)
-                ax.set(xlim=(-21, 9), ylim=(-21, 9), xlabel="$f_1$", ylabel="$f_2$", aspect="equal")
-                transform, marks = to_objectives, to_objectives(targets)
+            front, marks = transform(curve), transform(targets)
+            ax.plot(front[:, 0], front[:, 1], "k-", lw=3)
+            ax.set(xlim=limits, ylim=limits, xlabel=labels[0], ylabel=labels[1], aspect="equal")
             for j, w in enumerate(weights):
                 colour = COLOURS[j % len(COLOURS)]
                 ax.plot(*marks[j], "D", ms=11, mfc="none", mec=colour, mew=2, zorder=4)
@@ -443,10 +360,9 @@ def plot_toy(result, out):
         fig.suptitle(f"CAGrad toy, {space} space: MGDA and PCGrad stop at *a* Pareto point; "
                      "LW, CAGrad and RACO at the one the weights ask for (diamonds)")
         fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-        path = Path(out) / f"toy_{space}_space.png"
-        fig.savefig(path, dpi=110)
+        written.append(Path(out) / f"toy_{space}_space.png")
+        fig.savefig(written[-1], dpi=110)
         plt.close(fig)
-        written.append(path)
     return written
 
 
@@ -454,7 +370,6 @@ def plot_quadratics(traces, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     dims = sorted({d for d, _ in traces})
     fig, axes = plt.subplots(2, len(dims), figsize=(4.5 * len(dims), 7.5), squeeze=False)
     for col, dim in enumerate(dims):
@@ -462,9 +377,8 @@ def plot_quadratics(traces, out):
             run = traces[(dim, method)]
             axes[0, col].semilogy(run["excess"], color=colour, label=TITLES[method])
             T = np.arange(1, len(run["g0_sq"]) + 1)
-            axes[1, col].loglog(T, np.minimum.accumulate(run["g0_sq"]), color=colour, label=TITLES[method])
-            axes[1, col].loglog(T, 2 * run["excess0"] / (run["eta"] * (1 - run["c_run"] ** 2) * T), "--",
-                                color=colour, lw=0.8)
+            axes[1, col].loglog(T, run["min_g0_sq"], color=colour, label=TITLES[method])
+            axes[1, col].loglog(T, run["bound"], "--", color=colour, lw=0.8)
         axes[0, col].set(title=f"d = {dim}, first seed: $L_w(\\theta_t) - L_w^*$", xlabel="iteration t")
         axes[1, col].set(title=r"min$_{t<T}\,\|\nabla L_w(\theta_t)\|^2$ and Thm 3.1's bound (dashed)", xlabel="T")
         axes[0, col].legend()
@@ -475,17 +389,12 @@ def plot_quadratics(traces, out):
     return path
 
 
-# ----------------------------------------------------------------------------------------------------------------
-
-def print_table(rows, columns):
-    """rows: list of dicts; columns: list of (header, key, format). NaN prints as "-" (not applicable)."""
-    def cell(value, fmt):
-        return "-" if isinstance(value, float) and math.isnan(value) else fmt.format(value)
-
-    cells = [[header for header, _, _ in columns]] + [[cell(r[key], fmt) for _, key, fmt in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    for row in cells:
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+def print_table(rows):
+    """rows: dicts of header -> cell, printed right-aligned under their headers."""
+    cells = [list(rows[0])] + [[str(cell) for cell in row.values()] for row in rows]
+    widths = [max(map(len, column)) for column in zip(*cells)]
+    for line in cells:
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
 
 
 def main(argv=None):
@@ -503,35 +412,25 @@ def main(argv=None):
     started = time.time()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     dims, seeds = ((2, 20), range(3)) if args.quick else ((2, 50, 100), range(args.seeds))
-
     quad = check_quadratics(dims, seeds, c=args.c, eta_scale=args.eta_scale)
     print(f"== 1. Two convex quadratics, c = {args.c}, eta = {args.eta_scale} / L, {len(seeds)} seeds per dimension:"
           " iterations to L_w - L_w* <= 1e-10 x initial")
-    print_table(quad["rows"], [("dim", "dim", "{}"), ("method", "method", "{}"), ("reached", "converged", "{}"),
-                               ("mean iters", "mean_steps", "{:.1f}"), ("median", "median_steps", "{:.0f}"),
-                               ("fastest", "fastest", "{}"), ("dual interior", "interior", "{:.1%}"),
-                               ("... at theta0", "interior_start", "{:.0%}"),
-                               ("clip changes d", "clip_changed", "{:.1%}"), ("mean rho used", "mean_rho", "{:.3f}"),
-                               ("min Gamma", "min_gamma", "{:.3f}")])
+    print_table(quad["rows"])
     example = worked_example()
     print("\n== 2. Worked example (SPEC section 2): g1 = (1, -4), g2 = (-1, 1), w = (0.2, 0.8), c = 0.5, L eta = 0.3")
     print("  " + "  ".join(f"{k} = {v:.6f}" for k, v in example.items()))
-
-    toy = run_cagrad_toy(steps=min(args.steps, 500) if args.quick else args.steps, lr=args.lr, beta2=args.beta2,
-                         c=args.c)
+    steps = min(args.steps, 500) if args.quick else args.steps
+    toy = run_cagrad_toy(steps=steps, lr=args.lr, beta2=args.beta2, c=args.c)
     rows = toy_table(toy)
-    print(f"\n== 3. CAGrad toy, Adam (lr {args.lr}, cosine decay, beta2 {args.beta2}), {toy['paths'].shape[3] - 1}"
-          f" steps, c = {args.c}")
-    print_table([dict(r, w=str(r["w"]), start=str(r["start"]), x=f"({r['end'][0]:.3f}, {r['end'][1]:.3f})",
-                      f_=f"({r['f'][0]:.3f}, {r['f'][1]:.3f})", reached="yes" if r["distance"] <= REACH else "no")
-                 for r in rows],
-                [("method", "method", "{}"), ("w", "w", "{}"), ("start", "start", "{}"), ("end x", "x", "{}"),
-                 ("(f1, f2)", "f_", "{}"), ("dist to Pareto set", "distance", "{:.4f}"), ("on it", "reached", "{}"),
-                 ("min-norm ratio", "pareto", "{:.1e}"), ("|x1 - 7(w1-w2)|", "x1_error", "{:.3f}")])
+    print(f"\n== 3. CAGrad toy, Adam (lr {args.lr}, cosine decay, beta2 {args.beta2}), {steps} steps, c = {args.c}")
+    pair = "({:.3f}, {:.3f})".format
+    print_table([{"method": r["method"], "w": r["w"], "start": r["start"], "end x": pair(*r["end"]),
+                  "(f1, f2)": pair(*r["f"]), "dist to Pareto set": f"{r['distance']:.4f}",
+                  "on it": "yes" if r["distance"] <= REACH else "no", "min-norm ratio": f"{r['pareto']:.1e}",
+                  "|x1 - 7(w1-w2)|": f"{r['x1_error']:.3f}"} for r in rows])
     print("  fraction of steps with an interior dual: "
           + ", ".join(f"{m} {v:.1%}" for m, v in toy["interior"].items() if m in ("cagrad", "raco"))
           + f"; with the clip changing RACO's direction: {toy['clip_changed'].get('raco', math.nan):.1%}")
-
     figures = plot_toy(toy, args.out) + [plot_quadratics(quad["traces"], args.out)]
     claims = quad["claims"] + check_worked_example(example) + check_toy(rows)
     print("\n== Claims")

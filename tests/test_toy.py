@@ -64,14 +64,14 @@ def test_exact_pareto_curve_is_pareto_critical_and_hugs_the_spec_segment():
 def test_quadratic_claims_hold_on_a_small_instance():
     result = check_quadratics(dims=(2, 10), seeds=range(2), max_steps=2000)
     assert [claim.name for claim in result["claims"] if not claim.passed] == []
-    assert {row["converged"] for row in result["rows"]} == {"2/2"}
+    assert {row["reached"] for row in result["rows"]} == {"2/2"}
 
 
 def test_raco_certifies_every_step_never_lowers_rho_and_reaches_theta_star():
     problem = random_quadratics(10, seed=3)
     eta = 0.5 / problem["L"]
-    run = descend(problem, "raco", 0.4, eta, max_steps=2000, tol=1e-10)
-    assert run["steps_to_tol"] is not None
+    run, steps_to_tol = descend(problem, "raco", 0.4, eta, max_steps=2000, tol=1e-10)
+    assert steps_to_tol is not None
     certified = run["excess"] - eta * gamma(run["rho"], run["c"], 0.5) * run["g0_sq"]
     assert np.all(run["excess_next"] <= certified + 1e-9 * run["excess"])
     assert np.all(run["rho_clipped"] >= run["rho_unclipped"] - 1e-12)
