@@ -16,7 +16,7 @@ expected, so a 100k-row file fails with something one can fix; train.py prints i
 """
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FORMATS = ("signed", "pku", "moa")
 SIGN_PREFIX = "raco_s_"
@@ -42,6 +42,7 @@ class Pair:
     response_a: str
     response_b: str
     signs: tuple
+    where: str = field(default="", compare=False)  # '<file> line <n>' or '<source> row <i>', for messages
 
 
 # ----------------------------------------------------------------------------- prompts and responses
@@ -193,13 +194,13 @@ def _signed_pair(row, where, columns, objectives, tokenizer):
     field_a, field_b = ("chosen", "rejected") if "chosen" in columns and "response_a" not in columns \
         else ("response_a", "response_b")
     prompt, a, b = _prompt_and_responses(row, where, "prompt", field_a, field_b, tokenizer)
-    return Pair(prompt, a, b, tuple(_signed_label(row, SIGN_PREFIX + name, where) for name in objectives))
+    return Pair(prompt, a, b, tuple(_signed_label(row, SIGN_PREFIX + name, where) for name in objectives), where)
 
 
 def _pku_pair(row, where, columns, objectives, tokenizer):
     prompt, a, b = _prompt_and_responses(row, where, "prompt", "response_0", "response_1", tokenizer)
-    field = {"helpful": "better_response_id", "harmless": "safer_response_id"}
-    return Pair(prompt, a, b, tuple(_pku_label(row, field[name], where) for name in objectives))
+    fields = {"helpful": "better_response_id", "harmless": "safer_response_id"}
+    return Pair(prompt, a, b, tuple(_pku_label(row, fields[name], where) for name in objectives), where)
 
 
 def _moa_pair(row, where, columns, objectives, tokenizer):
@@ -215,7 +216,7 @@ def _moa_pair(row, where, columns, objectives, tokenizer):
             signs.append(_shorter(a, b) if missing else _moa_label(row, "Verbosity", where))
         else:
             signs.append(_moa_label(row, name.capitalize(), where))
-    return Pair(prompt, a, b, tuple(signs))
+    return Pair(prompt, a, b, tuple(signs), where)
 
 
 PAIR_READERS = {"signed": _signed_pair, "pku": _pku_pair, "moa": _moa_pair}
@@ -237,11 +238,19 @@ def detect_format(columns):
 # ----------------------------------------------------------------------------- sources
 
 def _read_text(path):
+    """The file's text; a UTF-8 byte-order mark (Windows editors write one) is dropped, and bytes that are not UTF-8
+    are reported by line, as an editor shows them."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as e:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
         raise DataError(f"{path}: cannot read ({_one_line(e)})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line, column = raw[:e.start].count(b"\n") + 1, e.start - raw.rfind(b"\n", 0, e.start)
+        raise DataError(f"{path} line {line}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at column {column}); "
+                        "save the file as UTF-8") from None
 
 
 def _one_line(error):

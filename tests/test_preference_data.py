@@ -237,7 +237,10 @@ def test_malformed_json_line(tmp_path):
     ("x.jsonl", b"\n\n", "no examples (empty data set)"),
     ("x.json", b"[]", "no examples (empty data set)"),
     ("x.json", b"{\"rows\": []}", "expected a list of objects, or an object with a 'train' or 'data' list"),
-    ("x.jsonl", b"\xff\xfe", "cannot read ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"),
+    ("x.jsonl", b"\xff\xfe", "line 1: not UTF-8 (byte b'\\xff' at column 1); save the file as UTF-8"),
+    # a Latin-1 byte on the third line, reported where an editor shows it
+    ("x.jsonl", b'{"a": 1}\n{"a": 2}\n{"a": "caf\xe9"}\n', "line 3: not UTF-8 (byte b'\\xe9' at column 11); save the "
+                                                          "file as UTF-8"),
     ("x.jsonl", b"[1, 2]\n", "line 1: expected a JSON object, got list"),
     ("x.csv", b"a,b\n", "unsupported file type; expected .jsonl, .json, .parquet or a directory"),
     ("x.jsonl", json.dumps({"prompt": "p", "answer": "a"}).encode(),
@@ -306,3 +309,11 @@ def test_a_directory_goes_through_datasets_load_dataset(tmp_path, monkeypatch):
     with pytest.raises(DataError) as error:
         load_pairs(str(folder), split="test")
     assert str(error.value).startswith(f"{folder}: datasets.load_dataset(split='test') failed (")
+
+
+def test_a_utf8_byte_order_mark_is_dropped_and_each_pair_knows_its_line(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(SIGNED) + "\n\n" + json.dumps(SIGNED) + "\n").encode())
+    pairs, names = load_pairs(str(path))
+    assert pairs == load_pairs(write_jsonl(tmp_path / "plain.jsonl", [SIGNED, SIGNED]))[0]
+    assert [p.where for p in pairs] == [f"{path} line 1", f"{path} line 3"]
