@@ -1,6 +1,7 @@
-"""Two CPU processes (gloo), each with half of the batch, must write the same direction as one process with all of it.
+"""Two CPU processes (gloo) must step exactly as one process with the whole batch: replicated (explicit all-reduce
+instead of DDP) and sharded with PyTorch's FSDP2 (one backward per objective, reduce-scattered into the shards).
 
-This is the multi-GPU path of raco.py (explicit all-reduce instead of DDP) run where no GPU is needed.
+This is the multi-GPU path of raco.py run where no GPU is needed.
 """
 
 import os
@@ -14,13 +15,14 @@ import torch.multiprocessing as mp
 from raco import MultiObjectiveBackward
 
 WEIGHTS = [0.4, 0.6]
+STEPS = 3
 
 
 def model_and_data():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
-    x = torch.randn(8, 5, dtype=torch.float64)
-    targets = torch.randn(8, 2, dtype=torch.float64)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    x = torch.randn(STEPS, 8, 5, dtype=torch.float64)  # 8 rows per step
+    targets = torch.randn(STEPS, 8, 3, dtype=torch.float64)
     return model, x, targets
 
 
@@ -30,22 +32,36 @@ def losses(model, x, targets):
     return torch.stack([((out - targets) ** 2).mean(), (out.sum(1) + 1.0).pow(2).mean()])
 
 
-def run_steps(model, chunks, solve_per):
+def train(model, micro_batches, solve_per):
+    """STEPS AdamW steps; micro_batches(step) lists this process's (x, targets). Returns the first direction and the
+    final parameters, each flattened (whole tensors, gathered from the shards under FSDP)."""
+    whole = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t  # noqa: E731
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
     step = MultiObjectiveBackward(model.parameters(), WEIGHTS, "raco", c=0.5, solve_per=solve_per)
-    for x, targets in chunks:
-        step.backward(losses(model, x, targets))
-    step.finish()
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    for k in range(STEPS):
+        for x, targets in micro_batches(k):
+            step.backward(losses(model, x, targets))
+        step.finish()
+        if k == 0:
+            direction = torch.cat([whole(p.grad).reshape(-1) for p in model.parameters()])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return direction, torch.cat([whole(p.detach()).reshape(-1) for p in model.parameters()])
 
 
-def worker(rank, port, solve_per, results):
+def worker(rank, port, solve_per, sharded, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     model, x, targets = model_and_data()
-    half = slice(rank * 4, rank * 4 + 4)
-    # two micro-batches of two rows per process: accumulation and the all-reduce together
-    chunks = [(x[half][:2], targets[half][:2]), (x[half][2:], targets[half][2:])]
-    results[rank] = run_steps(model, chunks, solve_per)
+    if sharded:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        mesh = init_device_mesh("cpu", (2,))
+        fully_shard(model[0], mesh=mesh)  # the first layer on its own, the rest with the root: two groups
+        fully_shard(model, mesh=mesh)
+    # rank 0 holds rows 0-3 of each step, rank 1 rows 4-7, in two micro-batches of two rows (accumulation)
+    rows = lambda k: [(x[k, i:i + 2], targets[k, i:i + 2]) for i in (4 * rank, 4 * rank + 2)]  # noqa: E731
+    results[rank] = train(model, rows, solve_per)
     dist.destroy_process_group()
 
 
@@ -55,13 +71,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "fsdp"])
 @pytest.mark.parametrize("solve_per", ["step", "micro_batch"])
-def test_two_processes_match_one(solve_per):
+def test_two_processes_match_one(solve_per, sharded):
     results = mp.Manager().dict()
-    mp.spawn(worker, args=(free_port(), solve_per, results), nprocs=2)
+    mp.spawn(worker, args=(free_port(), solve_per, sharded, results), nprocs=2)
     model, x, targets = model_and_data()
-    # the same four micro-batches in one process; rank 0 had rows 0-3, rank 1 rows 4-7
-    chunks = [(x[i:i + 2], targets[i:i + 2]) for i in (0, 2, 4, 6)]
-    expected = run_steps(model, chunks, solve_per)
-    assert torch.allclose(results[0], results[1], rtol=0, atol=0)  # every process steps on the same direction
-    assert torch.allclose(results[0], expected, rtol=1e-10)
+    if sharded:  # FSDP averages each micro-batch over the processes: the solve sees both processes' rows at once
+        groups = [[0, 1, 4, 5], [2, 3, 6, 7]]
+    else:  # replicated: each process solves its own micro-batches, and the directions are averaged
+        groups = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    expected = train(model, lambda k: [(x[k, g], targets[k, g]) for g in groups], solve_per)
+    for got in (results[0], results[1]):  # every process steps on the same direction, to the same parameters
+        for value, reference in zip(got, expected):
+            assert torch.allclose(value, reference, rtol=1e-10, atol=1e-13)
+    initial = torch.cat([p.detach().reshape(-1) for p in model_and_data()[0].parameters()])
+    assert (expected[1] - initial).abs().max() > 0.05  # the steps did move the parameters

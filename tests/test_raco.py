@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cagrad import coefficients
-from raco import MultiObjectiveBackward, gram, per_objective_grads
+from raco import MultiObjectiveBackward, gram
 from tiny import tiny_llama
 
 WEIGHTS = [0.3, 0.7]
@@ -49,18 +49,36 @@ def test_direction_equals_flat_gradient_computation(method):
     F = flat_gradients(model, ids)
     a_flat, _ = coefficients(F @ F.T, WEIGHTS, method, c=0.4)
     step = MultiObjectiveBackward(model.parameters(), WEIGHTS, method, c=0.4, names=["next", "seven"])
-    step.backward(losses(model, ids))
+    step.backward(losses(model, ids), diagnostics=True)
     diagnostics = step.finish()
     assert torch.allclose(torch.tensor([diagnostics["a/next"], diagnostics["a/seven"]], dtype=torch.float64),
                           a_flat, rtol=1e-10)
     assert torch.allclose(grad_vector(model), a_flat @ F, rtol=1e-10, atol=1e-14)
 
 
-def test_gram_matches_flat_inner_products():
-    model, ids = tiny_model(), batch(1)
-    F = flat_gradients(model, ids)
-    H = gram(per_objective_grads(losses(model, ids), list(model.parameters())))
-    assert torch.allclose(H, F @ F.T, rtol=1e-12)
+@pytest.mark.parametrize("diagnostics, passes", [(False, 1), (True, 2)])
+def test_loss_weighting_takes_one_backward_pass_unless_diagnostics_are_asked_for(diagnostics, passes):
+    model, ids = tiny_model(), [batch(10), batch(11)]
+    F = (flat_gradients(model, ids[0]) + flat_gradients(model, ids[1])) / 2
+    step, counted = MultiObjectiveBackward(model.parameters(), WEIGHTS, "lw"), []
+    for x in ids:
+        objective_losses = losses(model, x)
+        objective_losses.register_hook(lambda grad: counted.append(1))  # once per backward pass through the losses
+        step.backward(objective_losses, diagnostics=diagnostics)
+    logged = step.finish()
+    assert len(counted) == 2 * passes and (step.buffers is None) == (not diagnostics)
+    # one pass of the weighted loss rounds differently (the model's rotary tables are float32): 1e-6, not 1e-9
+    expected = torch.tensor(WEIGHTS, dtype=torch.float64) @ F
+    assert (grad_vector(model) - expected).norm() < 1e-6 * expected.norm()
+    assert ("grad_norm/0" in logged) == diagnostics
+
+
+def test_gram_in_blocks_matches_flat_inner_products():
+    F = flat_gradients(tiny_model(), batch(1))
+    for chunk in (7, 1000, 1 << 22):  # blocks that do not divide n, and one block for all
+        assert torch.allclose(gram(F, chunk), F @ F.T, rtol=1e-12)
+    F32 = F.float()  # float32 gradients: the products are taken in float64, block by block
+    assert torch.allclose(gram(F32, 7), F32.double() @ F32.double().T, rtol=1e-14)
 
 
 def test_direction_matches_finite_differences():
