@@ -155,6 +155,33 @@ def pair_logps(model, tokenizer, pairs, max_length, max_prompt_length, device, b
         return completion_logps(model, tokens)
 
 
+@torch.no_grad()
+def reference_logps(model, tokenizer, pairs, batch_size, max_length, max_prompt_length, device, bf16=False, rank=0,
+                    world_size=1):
+    """log pi_ref(y_a|x) and log pi_ref(y_b|x) of every pair, computed once in batches: (2, N) float32.
+
+    Under torchrun each process computes an equal share (FSDP's forward is collective, so every process must run
+    as many forwards) and all gather the rest."""
+    import torch.distributed as dist
+    from tqdm import tqdm
+    share = list(range(rank, len(pairs), world_size))
+    share += share[-1:] * (-(-len(pairs) // world_size) - len(share))  # pad to the same length on every process
+    out = []
+    for start in tqdm(range(0, len(share), batch_size), desc="reference log-probs", disable=rank != 0):
+        batch = [pairs[i] for i in share[start:start + batch_size]]
+        out.append(torch.stack(pair_logps(model, tokenizer, batch, max_length, max_prompt_length, device, bf16)[:2]))
+    mine = torch.cat(out, 1).float()
+    if world_size == 1:
+        return mine
+    gathered = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(gathered, mine)
+    every = torch.empty(2, len(pairs), device=mine.device)
+    for r, part in enumerate(gathered):
+        indices = list(range(r, len(pairs), world_size))
+        every[:, indices] = part[:, :len(indices)]
+    return every
+
+
 # ----------------------------------------------------------------------------- losses
 
 def log_ratio_margin(policy_a, policy_b, ref_a, ref_b):

@@ -26,31 +26,26 @@ from tqdm import tqdm
 import dpo
 import train
 import world
+from checkpoint import check_writable, write_json
 from metrics import mean_se
-from policy import eval_mode, first_line, evaluate_samples, load_model, pick_device
+from policy import eval_mode, evaluate_samples, load_model, pick_device
 from preference_data import load_pairs
 from train import OneLineParser, UsageError, run_command
 
 
 def load_reward_models(spec, device):
     """'name=PATH_OR_ID,...' -> {name: (tokenizer, model)}: sequence classifiers whose one output is the reward."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     models = {}
     for item in [x.strip() for x in spec.split(",") if x.strip()]:
         name, _, path = (x.strip() for x in item.partition("="))
         if not name or not path:
             raise UsageError(f"--reward-models: expected name=PATH_OR_ID[,name=PATH_OR_ID...], got {item!r}")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path)
-        except (OSError, ValueError) as error:
-            raise UsageError(f"--reward-models: could not load {path!r}: {first_line(error)}") from None
+        tokenizer, model = load_model(path, device, "--reward-models", head=AutoModelForSequenceClassification)
         if model.config.num_labels != 1:
             raise UsageError(f"--reward-models: {path!r} has {model.config.num_labels} outputs; a reward model has 1")
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id  # the classifier reads the last token that is not padding
-        models[name] = (tokenizer, model.to(device).eval())
+        models[name] = (tokenizer, model.eval())
     return models
 
 
@@ -94,12 +89,32 @@ def pair_metrics(policy, reference, tokenizer, pairs, names, cfg, device, batch_
 # ----------------------------------------------------------------------------- one checkpoint
 
 
+def read_summary(run):
+    """A finished train.py run's summary.json, checked for what evaluation reads from it."""
+    path = os.path.join(run, "summary.json")
+    if not (os.path.isfile(path) and os.path.isdir(os.path.join(run, "policy"))):
+        raise UsageError(f"--checkpoint: {run}: expected a finished train.py output with summary.json and policy/")
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"--checkpoint: {path}: not readable JSON ({error})") from None
+    expected = {"config": dict, "objectives": list, "weights": list}
+    for key, kind in expected.items():
+        if not isinstance(summary, dict) or not isinstance(summary.get(key), kind):
+            raise UsageError(f"--checkpoint: {path}: expected a '{key}' {kind.__name__}, as train.py writes it")
+    if not all(isinstance(n, str) for n in summary["objectives"]) or len(summary["weights"]) != len(
+            summary["objectives"]) or not isinstance(summary["config"].get("data"), str):
+        raise UsageError(f"--checkpoint: {path}: objectives, weights or config.data not as train.py writes them")
+    return summary
+
+
 def evaluate_checkpoint(args):
-    if not (os.path.isfile(os.path.join(args.checkpoint, "summary.json"))
-            and os.path.isdir(os.path.join(args.checkpoint, "policy"))):
-        raise UsageError(f"--checkpoint: {args.checkpoint}: expected a train.py output with summary.json and policy/")
-    with open(os.path.join(args.checkpoint, "summary.json")) as f:
-        summary = json.load(f)
+    summary = read_summary(args.checkpoint)
+    out = args.out or os.path.join(args.checkpoint, "eval.json")
+    if os.path.isdir(out):
+        raise UsageError(f"--out: {out} is a directory; expected the path of a .json file")
+    check_writable(os.path.dirname(os.path.abspath(out)), "--out")  # now, not after the whole evaluation
     known = {f.name for f in dataclasses.fields(train.Config)}
     cfg = train.Config(**{k: v for k, v in summary["config"].items() if k in known})
     names, device = summary["objectives"], pick_device(args.device)
@@ -125,9 +140,7 @@ def evaluate_checkpoint(args):
             result["samples"][label], result["samples"][label + "_examples"] = evaluate_samples(
                 model, tokenizer, prompts, world.score if on_world else None, rewards, args.samples, args.temperature,
                 args.seed, reference, args.max_new_tokens, args.batch_size, cfg.max_prompt_length)
-    out = args.out or os.path.join(args.checkpoint, "eval.json")
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(out, result)
     show = lambda d, k: f"{d[k]:.3f} ± {d[k + '_se']:.3f}"  # noqa: E731
     print(f"{cfg.method} {summary['weights']} against {result['reference']}, held-out pairs of {source}")
     print(f"{'objective':<16}{'pairs':>7}{'accuracy':>20}{'margin':>20}")
@@ -172,8 +185,8 @@ def parse_args(argv=None):
     for name in ("pairs", "prompts", "samples", "batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if not args.temperature > 0:
-        raise UsageError(f"--temperature: expected a positive number, got {args.temperature}")
+    if not 0 < args.temperature < math.inf:
+        raise UsageError(f"--temperature: expected a positive finite number, got {args.temperature}")
     return args
 
 

@@ -260,8 +260,8 @@ def parse_args(argv=None):
     for name in ("pairs", "prompts", "samples", "steps", "batch_size", "max_new_tokens", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if not args.temperature > 0:
-        raise UsageError(f"--temperature: expected a positive number, got {args.temperature}")
+    if not 0 < args.temperature < math.inf:
+        raise UsageError(f"--temperature: expected a positive finite number, got {args.temperature}")
     return args
 
 

@@ -18,7 +18,7 @@ class ModelError(ValueError):
     """A model, tokenizer or device that cannot be used; one line naming the flag, printed by the front ends."""
 
 
-def first_line(error):
+def _first_line(error):
     """An exception's message cut to its first line (library errors often run to a page)."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -29,18 +29,43 @@ def pick_device(name):
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def load_model(name, device, flag="--model"):
-    """Tokenizer and causal LM from a local directory or a hub id; one clear line, naming `flag`, when neither works."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def check_model_path(name, flag, tokenizer=True):
+    """A local model directory must hold what from_pretrained needs; say which part is missing, naming the flag.
+    Anything that does not look like a path is left to the hub."""
     looks_local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(name)):
+    if not looks_local:
+        return
+    path = os.path.expanduser(name)
+    if not os.path.isdir(path):
         raise ModelError(f"{flag}: {name}: no such directory")
+    files = os.listdir(path)
+    if "config.json" not in files:
+        raise ModelError(f"{flag}: {name}: no config.json (not a Hugging Face model directory)")
+    if not any(f.endswith((".safetensors", ".bin")) or f.endswith(".safetensors.index.json") for f in files):
+        raise ModelError(f"{flag}: {name}: no weights (*.safetensors or pytorch_model*.bin)")
+    if tokenizer and not {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"} & set(files):
+        raise ModelError(f"{flag}: {name}: no tokenizer (tokenizer.json or tokenizer_config.json); save one beside "
+                         "the weights with tokenizer.save_pretrained")
+
+
+def load_model(name, device, flag="--model", head=None):
+    """Tokenizer and model (a causal LM; head: another Auto class) from a local directory or a hub id, with float32
+    master weights; one clear line, naming `flag`, when it cannot be used: a missing part, a corrupt weights file,
+    or weights that do not fit the config (which from_pretrained would fill with random values and carry on)."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    check_model_path(name, flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         # float32 master weights whatever the checkpoint holds (transformers 5 loads a bf16 hub model as bf16)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{flag}: could not load {name!r}: {first_line(error)}") from None
+        model, info = (head or AutoModelForCausalLM).from_pretrained(name, dtype=torch.float32,
+                                                                   output_loading_info=True)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise ModelError(f"{flag}: could not load {name!r}: {_first_line(error)}") from None
+    missing = [str(k) for k in list(info["missing_keys"]) + list(info["mismatched_keys"])]
+    if missing:
+        raise ModelError(f"{flag}: {name}: its weights do not fit its config ({type(model).__name__}): "
+                         f"{len(missing)} tensors missing, e.g. {sorted(missing)[0]!r}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.to(device)
@@ -55,6 +80,22 @@ def add_lora(model, rank, alpha):
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
                              task_type="CAUSAL_LM")
     return peft.get_peft_model(model, config)
+
+
+def transformer_blocks(model):
+    """The model's repeated blocks (LlamaDecoderLayer, Qwen3DecoderLayer, ...), in order: the classes a Hugging Face
+    model names in _no_split_modules, found anywhere inside it (also under a peft wrapper)."""
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard(model):
+    """FSDP2 (torch.distributed.fsdp.fully_shard) over the torchrun processes: every transformer block its own
+    group, the rest with the root, as PyTorch's recipe for LLMs does. Parameters become DTensor shards."""
+    from torch.distributed.fsdp import fully_shard
+    for block in transformer_blocks(model):
+        fully_shard(block)
+    return fully_shard(model)
 
 
 @contextmanager

@@ -1,13 +1,15 @@
 """Multi-objective DPO with RACO (or a baseline) on a Hugging Face causal LM: the plain training loop.
 
-    python train.py                                   # RACO on the embedded world, ~15 s on a 2-core CPU
+    python train.py                                   # RACO on the embedded world, a minute or so on a 2-core CPU
     python train.py --method lw --weights 0.8,0.2     # DPO-LW, another trade-off
     python train.py --model Qwen/Qwen3-0.6B --data PKU-Alignment/PKU-SafeRLHF --device cuda --dtype bfloat16
-    torchrun --nproc_per_node 8 train.py ...          # multi-GPU: one process per GPU, no other change
+    torchrun --nproc_per_node 8 train.py --fsdp ...   # multi-GPU, parameters sharded with FSDP2
 
-Each optimizer step: for every micro-batch, one forward pass of the policy (and of the frozen reference) over both
-responses of every pair gives one log-ratio margin per pair; each objective's DPO loss uses its own labels on that
-margin; raco.MultiObjectiveBackward turns the m losses into one direction in .grad; AdamW steps on it.
+Each optimizer step: for every micro-batch, one forward pass of the policy (and of the frozen reference, unless its
+log-probs were precomputed) over both responses of every pair gives one log-ratio margin per pair; each objective's
+DPO loss uses its own labels on that margin; raco.MultiObjectiveBackward turns the m losses into one direction in
+.grad; AdamW steps on it. Checkpoints every --save-every steps; Ctrl-C saves one and stops; rerunning the same
+command (or --resume) continues from the latest (checkpoint.py).
 """
 
 import argparse
@@ -18,6 +20,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -27,10 +30,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import torch.distributed as dist
 
+import checkpoint
 import dpo
 import world
 from cagrad import METHODS
-from policy import ModelError, add_lora, evaluate_samples, load_model, pick_device
+from checkpoint import RunError
+from policy import (ModelError, add_lora, eval_mode, evaluate_samples, load_model, pick_device, shard,
+                    transformer_blocks)
 from preference_data import DataError, load_pairs
 from raco import MultiObjectiveBackward
 
@@ -49,7 +55,7 @@ class Config:
     batch_size: int = 16          # pairs per micro-batch (per process)
     grad_accum: int = 1           # micro-batches per optimizer step
     solve_per: str = "step"       # step | micro_batch: where the dual is solved under accumulation (see raco.py)
-    objectives: str = "quality,conciseness"  # which of the data's objectives, in order ("" = all)
+    objectives: str = ""          # the data's objectives to use, in order ("": all; the world's: quality,conciseness)
     model: str = "models/world-tiny"         # local directory or hub id
     data: str = "data/world_train.jsonl"     # .jsonl / .json / .parquet file, local dataset dir or hub id
     data_format: str = "auto"     # auto | signed | pku | moa
@@ -62,21 +68,33 @@ class Config:
     seed: int = 42                # data order and sampling
     device: str = "auto"          # auto | cpu | cuda
     dtype: str = "float32"        # float32 | bfloat16 (bf16 autocast over float32 weights; no fp16 loss scaling)
-    gradient_checkpointing: bool = False  # non-reentrant: autograd.grad is called once per objective
+    gradient_checkpointing: bool = False  # non-reentrant: the graph is walked once per objective
     lora_r: int = 0               # LoRA rank on every linear layer (0 = full fine-tuning); needs peft
     lora_alpha: int = 16          # LoRA scaling numerator (the update is scaled by alpha / r)
+    fsdp: bool = False            # under torchrun: shard parameters, gradients and AdamW's state (FSDP2)
+    precompute_ref: bool = False  # the reference's log-probs of every pair once, cached in --out; frees the reference
+    gram_layers: int = 0          # > 0: the Gram matrix from the last K transformer blocks only (see raco.py)
     eval_prompts: int = 128       # held-out world prompts sampled before/after training (0 = skip)
     log_every: int = 5            # steps averaged into each line of metrics.jsonl
-    out: str = "out/train"        # output directory: policy/, metrics.jsonl, summary.json
+    save_every: int = 100         # steps between checkpoints in --out/checkpoints (0 = none)
+    keep_checkpoints: int = 2     # how many of the latest checkpoints to keep
+    resume: bool = False          # continue the run in --out from its latest checkpoint
+    overwrite: bool = False       # replace another run's files in --out
+    max_bad_steps: int = 10       # stop after this many consecutive steps with non-finite losses or gradients
+    out: str = "out/train"        # output directory: metrics.jsonl, checkpoints/, policy/, summary.json
 
 
 class UsageError(ValueError):
     """A bad flag: reported as one line, exit code 2."""
 
 
-# Every error that is the user's input rather than a bug: a flag, a data file, a model directory. The command lines
-# of train.py, eval.py and pareto.py print it as one line and exit 2, without a traceback.
-INPUT_ERRORS = (UsageError, DataError, ModelError)
+class TrainingError(RuntimeError):
+    """A run that cannot go on (divergence, a full disk): one line, exit code 1, the last checkpoint intact."""
+
+
+# Every error that is the user's input rather than a bug: a flag, a data file, a model directory, an --out. The
+# command lines of train.py, eval.py and pareto.py print it as one line and exit 2, without a traceback.
+INPUT_ERRORS = (UsageError, DataError, ModelError, RunError)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -99,53 +117,117 @@ def parse_args(argv=None):
     return Config(**vars(parser.parse_args(argv)))
 
 
-def parse_weights(text, num_objectives):
+def parse_weights(text, num_objectives=None):
+    """--weights as a list on the simplex (checked up front without num_objectives, then against the data's)."""
     try:
         weights = [float(x) for x in text.split(",")]
     except ValueError:
         raise UsageError(f"--weights: expected comma-separated numbers, got {text!r}") from None
-    if len(weights) != num_objectives:
+    if any(w < 0 or not math.isfinite(w) for w in weights) or max(weights) <= 0:
+        raise UsageError(f"--weights: expected finite non-negative weights with a positive sum, got {text!r}")
+    if num_objectives is not None and len(weights) != num_objectives:
         raise UsageError(f"--weights: got {len(weights)} weights for {num_objectives} objectives")
-    if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
-        raise UsageError(f"--weights: expected non-negative weights with a positive sum, got {text!r}")
+    weights = [w / max(weights) for w in weights]  # to at most 1 first: 1e308 + 1e308 would overflow
     return [w / sum(weights) for w in weights]
 
 
 def check_config(cfg):
+    """Every flag that can be checked without loading anything."""
     if cfg.method not in TRAIN_METHODS:
         raise UsageError(f"--method: unknown method {cfg.method!r}; expected one of {', '.join(TRAIN_METHODS)}")
     if not 0.0 <= cfg.c < 1.0:
         raise UsageError(f"--c: expected a value in [0, 1), got {cfg.c}")
-    checks = [("beta", cfg.beta > 0), ("lr", cfg.lr > 0), ("steps", cfg.steps > 0), ("batch-size", cfg.batch_size > 0),
-              ("grad-accum", cfg.grad_accum > 0), ("lora-r", cfg.lora_r >= 0),
+    parse_weights(cfg.weights)
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    checks = [("beta", 0 < cfg.beta < math.inf), ("lr", 0 < cfg.lr < math.inf), ("steps", cfg.steps > 0),
+              ("batch-size", cfg.batch_size > 0), ("grad-accum", cfg.grad_accum > 0), ("lora-r", cfg.lora_r >= 0),
               ("max-prompt-length", 0 < cfg.max_prompt_length < cfg.max_length),
-              ("warmup", 0 <= cfg.warmup < 1), ("solve-per", cfg.solve_per in ("step", "micro_batch")),
-              ("dtype", cfg.dtype in ("float32", "bfloat16"))]
+              ("warmup", 0 <= cfg.warmup < 1), ("weight-decay", 0 <= cfg.weight_decay < math.inf),
+              ("max-grad-norm", 0 <= cfg.max_grad_norm < math.inf), ("eval-prompts", cfg.eval_prompts >= 0),
+              ("log-every", cfg.log_every > 0), ("save-every", cfg.save_every >= 0),
+              ("keep-checkpoints", cfg.keep_checkpoints > 0), ("max-bad-steps", cfg.max_bad_steps > 0),
+              ("solve-per", cfg.solve_per in ("step", "micro_batch")), ("gram-layers", cfg.gram_layers >= 0),
+              ("dtype", cfg.dtype in ("float32", "bfloat16")), ("fsdp", torchrun or not cfg.fsdp)]
     for name, ok in checks:
         if not ok:
-            raise UsageError(f"--{name}: invalid value {getattr(cfg, name.replace('-', '_'))!r} (see --help)")
+            hint = "launch with torchrun" if name == "fsdp" else "see --help"
+            raise UsageError(f"--{name}: invalid value {getattr(cfg, name.replace('-', '_'))!r} ({hint})")
+    if cfg.fsdp and (cfg.lora_r > 0 or cfg.gram_layers > 0):
+        raise UsageError("--fsdp: not with --lora-r or --gram-layers (LoRA's adapters need no sharding)")
+    if cfg.gram_layers > 0 and cfg.grad_accum > 1 and cfg.solve_per == "step":
+        raise UsageError("--gram-layers: solves per micro-batch; with --grad-accum > 1 pass --solve-per micro_batch")
     pick_device(cfg.device)  # a bad or unavailable --device fails here, before anything is loaded
 
 
-def batches(pairs, batch_size, seed, rank=0, world_size=1):
-    """Endless micro-batches of pairs: a fresh shuffle each epoch, each process taking its own slice."""
+def load_training_pairs(cfg, tokenizer, main_process):
+    """The pairs and objective names; the world's default objectives are quality and conciseness. Fails on what
+    would break later (an empty prompt that a tokenizer without BOS leaves with nothing to predict from) and warns
+    about what teaches nothing (identical responses, an objective whose labels are all ties)."""
+    wanted = [x for x in cfg.objectives.split(",") if x] or None
+    pairs, names = load_pairs(cfg.data, cfg.data_format, wanted, tokenizer, split=cfg.split)
+    if wanted is None and tuple(names) == world.OBJECTIVES and world.is_world_prompt(pairs[0].prompt):
+        pairs, names = [dataclasses.replace(p, signs=p.signs[:2]) for p in pairs], list(world.OBJECTIVES[:2])
+    for pair, ids in zip(pairs, dpo.prompt_ids(tokenizer, [p.prompt for p in pairs])):
+        if not ids:
+            raise DataError(f"{pair.where}: empty prompt, and the tokenizer adds no BOS: the first response token "
+                            "would have nothing to be predicted from")
+    identical = [p.where for p in pairs if p.response_a == p.response_b]
+    if identical and main_process:
+        print(f"warning: {len(identical)} of {len(pairs)} pairs have identical responses and teach nothing "
+              f"(first: {identical[0]})", file=sys.stderr)
+    for i, name in enumerate(names):
+        if main_process and all(p.signs[i] == 0 for p in pairs):
+            print(f"warning: objective {name!r} is a tie on every pair: its loss is constant and its gradient zero",
+                  file=sys.stderr)
+    return pairs, names
+
+
+def batches(num_pairs, batch_size, seed, rank=0, world_size=1):
+    """Endless micro-batches of pair indices: a fresh shuffle each epoch, each process taking its own slice."""
     rng = random.Random(seed)
     while True:
-        order = list(range(len(pairs)))
+        order = list(range(num_pairs))
         rng.shuffle(order)
         order = order[rank::world_size]
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield [pairs[i] for i in order[start:start + batch_size]]
+            yield order[start:start + batch_size]
+
+
+def pair_logps(model, tokenizer, pairs, cfg, device):
+    return dpo.pair_logps(model, tokenizer, pairs, cfg.max_length, cfg.max_prompt_length, device,
+                          cfg.dtype == "bfloat16")
+
+
+def reference_cache(cfg, reference, tokenizer, pairs, device, rank, world_size):
+    """--precompute-ref: the reference's log-probs of every pair (2, N), from the run's cache when it matches,
+    else computed once (dpo.reference_logps) and cached for a resumed or repeated run. The reference is the
+    initial policy (with --dtype bfloat16: its float32 weights under autocast, where the per-step reference is a
+    bf16 copy, so the two agree to bf16 rounding)."""
+    from safetensors.torch import load_file, save_file
+    settings = [cfg.max_length, cfg.max_prompt_length, cfg.dtype, getattr(reference.config, "_commit_hash", None)]
+    path = checkpoint.reference_cache_path(cfg.out, cfg.model, pairs, settings)
+    if os.path.exists(path):
+        return load_file(path)["logps"].to(device)
+    logps = dpo.reference_logps(reference, tokenizer, pairs, cfg.batch_size, cfg.max_length, cfg.max_prompt_length,
+                                device, cfg.dtype == "bfloat16", rank, world_size)
+    if rank == 0:
+        os.makedirs(cfg.out, exist_ok=True)
+        save_file({"logps": logps.cpu()}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return logps
 
 
 def objective_losses(policy, reference, tokenizer, batch, cfg, device, names):
-    """The m per-objective losses of one micro-batch (sharing one graph) and its DPO metrics."""
-    signs = torch.tensor([p.signs for p in batch], dtype=torch.float32, device=device)
-    logps = lambda model: dpo.pair_logps(model, tokenizer, batch, cfg.max_length, cfg.max_prompt_length, device,
-                                         cfg.dtype == "bfloat16")
-    policy_a, policy_b, length_a, length_b = logps(policy)
-    with torch.no_grad(), policy.disable_adapter() if reference is None else nullcontext():
-        ref_a, ref_b, _, _ = logps(reference or policy)
+    """The m per-objective losses of one micro-batch (sharing one graph) and its DPO metrics. batch: pairs, or
+    (pairs, precomputed reference log-probs (2, B))."""
+    pairs, cached = batch if isinstance(batch, tuple) else (batch, None)
+    signs = torch.tensor([p.signs for p in pairs], dtype=torch.float32, device=device)
+    policy_a, policy_b, length_a, length_b = pair_logps(policy, tokenizer, pairs, cfg, device)
+    if cached is not None:
+        ref_a, ref_b = cached
+    else:
+        with torch.no_grad(), policy.disable_adapter() if reference is None else nullcontext():
+            ref_a, ref_b, _, _ = pair_logps(reference or policy, tokenizer, pairs, cfg, device)
     if cfg.method == "amopo":  # reference-free, length-normalised margin (SPEC section 5)
         margin = dpo.amopo_margin(policy_a, policy_b, length_a, length_b)
     else:
@@ -165,9 +247,18 @@ def world_evaluation(model, tokenizer, cfg, weights, names, pairs):
     return scores
 
 
+def mean_over_processes(logged):
+    """Under torchrun each process saw its own micro-batches: log the mean over processes of every key it has."""
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, logged)
+    keys = dict.fromkeys(k for d in every for k in d)
+    return {k: sum(d[k] for d in every if k in d) / sum(k in d for d in every) for k in keys}
+
+
 def main(cfg):
     started = time.time()
     check_config(cfg)
+    resume_from = checkpoint.open_run(dataclasses.asdict(cfg), cfg.resume, cfg.overwrite)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # launched by torchrun: one process per device, gradients reduced explicitly in raco.py
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -181,88 +272,155 @@ def main(cfg):
     torch.manual_seed(cfg.seed)
 
     tokenizer, policy = load_model(cfg.model, device)
-    wanted = [x for x in cfg.objectives.split(",") if x] or None
-    pairs, names = load_pairs(cfg.data, cfg.data_format, wanted, tokenizer, split=cfg.split)
+    pairs, names = load_training_pairs(cfg, tokenizer, main_process)
     weights = parse_weights(cfg.weights, len(names))
     if len(pairs) < cfg.batch_size * world_size:
         raise UsageError(f"--data: {len(pairs)} pairs, fewer than one batch of {cfg.batch_size * world_size}")
+    if cfg.gram_layers > len(transformer_blocks(policy)):
+        raise UsageError(f"--gram-layers: {cfg.gram_layers}, but the model has {len(transformer_blocks(policy))} "
+                         "transformer blocks")
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora_r > 0:
-        # With LoRA the reference is the policy with its adapters switched off: no second copy of the model.
-        policy, reference = add_lora(policy, cfg.lora_r, cfg.lora_alpha), None
-    else:
-        # The reference: a frozen copy of the initial policy. No float32 master weights needed: bf16 halves it.
+    reference, cached = None, None
+    if not cfg.precompute_ref and cfg.lora_r == 0:  # a frozen copy of the initial policy; bf16 halves it
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        if cfg.dtype == "bfloat16":
-            reference.to(torch.bfloat16)
+        reference = reference.to(torch.bfloat16) if cfg.dtype == "bfloat16" else reference
+    if cfg.fsdp:
+        policy, reference = shard(policy), reference and shard(reference)
+    if cfg.precompute_ref:  # the policy is the reference until it trains: no copy, and no reference forward per step
+        with eval_mode(policy):
+            cached = reference_cache(cfg, policy, tokenizer, pairs, device, rank, world_size)
+    if cfg.lora_r > 0:  # the reference is then the policy with its adapters switched off: no second copy either
+        policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha)
     policy.train()
 
-    before = world_evaluation(policy, tokenizer, cfg, weights, names, pairs) if main_process else None
     from transformers import get_cosine_schedule_with_warmup
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup * cfg.steps), cfg.steps)
+    gram_params = [p for b in transformer_blocks(policy)[-cfg.gram_layers:] for p in b.parameters()
+                   if p.requires_grad] if cfg.gram_layers else None
     backward = MultiObjectiveBackward(trainable, weights, "lw" if cfg.method == "amopo" else cfg.method, cfg.c,
-                                      cfg.solve_per, names)
-    stream = batches(pairs, cfg.batch_size, cfg.seed, rank, world_size)
-
-    log = None
-    if main_process:  # only now, with every input checked: a bad flag never leaves a half-written directory
-        os.makedirs(cfg.out, exist_ok=True)
-        log = open(os.path.join(cfg.out, "metrics.jsonl"), "w")
-    from tqdm import tqdm
-    progress = tqdm(range(1, cfg.steps + 1), disable=not main_process, desc=cfg.method, dynamic_ncols=True)
-    window = {}
-    for step in progress:
-        step_metrics = {}
-        for _ in range(cfg.grad_accum):
-            batch = next(stream)  # Algorithm 1, line 1: sample a minibatch of pairs
-            # line 2: the losses L_i (one forward pass serves every objective) and their gradients g_i (raco.py)
-            losses, metrics = objective_losses(policy, reference, tokenizer, batch, cfg, device, names)
-            backward.backward(losses)
-            for k, v in metrics.items():
-                step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
-        step_metrics.update(backward.finish())  # lines 3-7: d = sum_i a_i g_i in .grad (cagrad.raco_direction)
-        if cfg.max_grad_norm > 0:
-            step_metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm).item()
-        step_metrics["lr"] = scheduler.get_last_lr()[0]
-        optimizer.step()  # line 8: theta <- theta - eta d, with AdamW's eta
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_metrics["loss/weighted"] = sum(w * step_metrics[f"{n}/loss"] for w, n in zip(weights, names))
-        for k, v in step_metrics.items():
-            window.setdefault(k, []).append(v)
-        if main_process and (step % cfg.log_every == 0 or step == cfg.steps):
-            logged = {k: sum(v) / len(v) for k, v in window.items()}
-            log.write(json.dumps({"step": step, **logged}) + "\n")
-            log.flush()
-            progress.set_postfix({"loss": f"{logged['loss/weighted']:.3f}",
-                                  **{f"acc/{n}": f"{logged.get(f'{n}/rewards/accuracies', float('nan')):.2f}"
-                                     for n in names}})
-            final, window = logged, {}
-
-    if not main_process:
-        dist.destroy_process_group()
-        return None
-    log.close()
-    after = world_evaluation(policy, tokenizer, cfg, weights, names, pairs)
-    policy_dir = os.path.join(cfg.out, "policy")
-    if cfg.lora_r > 0:  # save a plain model (adapters merged in) that from_pretrained loads without peft
-        policy = policy.merge_and_unload()
-    policy.save_pretrained(policy_dir, safe_serialization=True)
-    tokenizer.save_pretrained(policy_dir)
-    summary = {"config": dataclasses.asdict(cfg), "objectives": names, "weights": weights, "final": final,
-               "eval": {"reference": before, "policy": after}, "seconds": round(time.time() - started, 1)}
-    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    if before is not None:
-        print_table(before, after, names)
-    print(f"{time.time() - started:.0f} s; policy in {policy_dir}, metrics in {cfg.out}/metrics.jsonl "
-          f"and {cfg.out}/summary.json")
+                                      cfg.solve_per, names, gram_params)
+    stream = batches(len(pairs), cfg.batch_size, cfg.seed, rank, world_size)
+    evaluate = main_process and not cfg.fsdp  # sampling a sharded model would need every process in step
+    if resume_from:
+        state = checkpoint.load_checkpoint(resume_from, policy, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        for _ in range(state["step"] * cfg.grad_accum):  # replay the data stream to where the checkpoint was
+            next(stream)
+        if main_process:
+            print(f"resuming from {resume_from}", file=sys.stderr)
+    else:
+        state = dict(step=0, window={}, final={}, bad_steps=0, skipped=0,
+                     before=world_evaluation(policy, tokenizer, cfg, weights, names, pairs) if evaluate else None)
+    checkpoint.start_run(dataclasses.asdict(cfg), resume_from is not None)
+    try:
+        train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, weights, optimizer, scheduler,
+                    backward, stream, device, distributed, main_process, resume_from)
+        after = world_evaluation(policy, tokenizer, cfg, weights, names, pairs) if evaluate else None
+        policy_dir = os.path.join(cfg.out, "policy")
+        checkpoint.save_policy(policy, tokenizer, policy_dir, "merge" if cfg.lora_r > 0 else None)
+        summary = {"config": dataclasses.asdict(cfg), "objectives": names, "weights": weights,
+                   "final": state["final"], "skipped_steps": state["skipped"], "resumed_from": resume_from,
+                   "eval": {"reference": state["before"], "policy": after}, "seconds": round(time.time() - started, 1)}
+        if main_process:
+            checkpoint.write_json(os.path.join(cfg.out, "summary.json"), summary)
+    except OSError as error:  # a full disk, a lost mount: one line, and the last complete checkpoint stays
+        raise TrainingError(f"could not write to {cfg.out}: {error.strerror or error}") from None
     if distributed:
         dist.destroy_process_group()
+    if not main_process:
+        return None
+    if state["before"] is not None:
+        print_table(state["before"], after, names)
+    print(f"{time.time() - started:.0f} s; policy in {policy_dir}, metrics in {cfg.out}/metrics.jsonl "
+          f"and {cfg.out}/summary.json")
     return summary
+
+
+def train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, weights, optimizer, scheduler,
+                backward, stream, device, distributed, main_process, saved):
+    """The loop, from state["step"] to cfg.steps: updates state, logs, checkpoints, and stops cleanly on a signal
+    or on divergence."""
+    from tqdm import tqdm
+    log = None
+    if main_process:  # on resume, the lines the interrupted run wrote after its checkpoint are written again
+        path = os.path.join(cfg.out, "metrics.jsonl")
+        kept = open(path).readlines()[:state["step"] // cfg.log_every] if os.path.exists(path) else []
+        log = open(path, "w")
+        log.writelines(kept)
+    progress = tqdm(range(state["step"] + 1, cfg.steps + 1), disable=not main_process, desc=cfg.method,
+                    dynamic_ncols=True, initial=state["step"], total=cfg.steps)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    interrupts = checkpoint.Interrupts()
+    try:
+        for step in progress:
+            logged_step = step % cfg.log_every == 0 or step == cfg.steps
+            step_metrics, finite = {}, True
+            for _ in range(cfg.grad_accum):
+                indices = next(stream)  # Algorithm 1, line 1: sample a minibatch of pairs
+                batch = [pairs[i] for i in indices]
+                batch = batch if cached is None else (batch, cached[:, indices])
+                # line 2: the losses L_i (one forward pass serves every objective) and their gradients g_i (raco.py)
+                losses, metrics = objective_losses(policy, reference, tokenizer, batch, cfg, device, names)
+                finite = finite and bool(torch.isfinite(losses).all())
+                backward.backward(losses, diagnostics=logged_step)
+                for k, v in metrics.items():
+                    step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
+            step_metrics.update(backward.finish())  # lines 3-7: d = sum_i a_i g_i in .grad (cagrad.raco_direction)
+            norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf))
+            if distributed:  # the losses differ by process (the direction does not): stop or go together
+                flag = torch.tensor([float(finite)])
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = bool(flag)
+            if finite and math.isfinite(norm):
+                optimizer.step()  # line 8: theta <- theta - eta d, with AdamW's eta
+                state["bad_steps"] = 0
+                step_metrics.update(grad_norm=norm, lr=scheduler.get_last_lr()[0])
+                step_metrics["loss/weighted"] = sum(w * step_metrics[f"{n}/loss"] for w, n in zip(weights, names))
+                for k, v in step_metrics.items():
+                    state["window"].setdefault(k, []).append(v)
+            else:  # non-finite losses or direction: no update; counted; the run stops if it keeps happening
+                state["bad_steps"] += 1
+                state["skipped"] += 1
+                state["window"].setdefault("skipped_steps", []).append(1.0)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step
+            if logged_step:
+                logged = {k: sum(v) / len(v) for k, v in state["window"].items()}
+                state["final"], state["window"] = mean_over_processes(logged) if distributed else logged, {}
+                if main_process:
+                    log.write(json.dumps({"step": step, **state["final"]}) + "\n")
+                    log.flush()
+                    progress.set_postfix({"loss": f"{state['final'].get('loss/weighted', math.nan):.3f}",
+                                          **{f"acc/{n}": f"{state['final'].get(f'{n}/rewards/accuracies', math.nan):.2f}"
+                                             for n in names}})
+            if state["bad_steps"] >= cfg.max_bad_steps:
+                raise TrainingError(
+                    f"stopped at step {step}: {state['bad_steps']} consecutive steps had non-finite losses or "
+                    f"gradients, so the parameters have diverged (is --lr {cfg.lr:g} too high?); "
+                    + (f"the last checkpoint, {saved}, is intact" if saved else "no checkpoint was saved"))
+            signum = interrupts.requested(distributed)
+            due = cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps) and not state["bad_steps"]
+            if signum or due:  # never a periodic checkpoint of parameters that just failed a step
+                saved = checkpoint.save_checkpoint(cfg.out, step, policy, tokenizer, optimizer,
+                                                   dict(state, scheduler=scheduler.state_dict(),
+                                                        rng=checkpoint.rng_state()),
+                                                   cfg.keep_checkpoints, cfg.lora_r > 0)
+            if signum:
+                progress.close()
+                if main_process:
+                    print(f"{signal.Signals(signum).name} at step {step}: checkpoint saved in {saved}; run the "
+                          "same command again (or add --resume) to continue", file=sys.stderr)
+                raise SystemExit(128 + signum)
+    finally:
+        progress.close()
+        interrupts.restore()
+        if log is not None:
+            log.close()
 
 
 def print_table(before, after, names):
@@ -273,12 +431,19 @@ def print_table(before, after, names):
 
 
 def run_command(main, *args):
-    """Run a command line's main: bad input is one line on stderr and exit code 2, never a traceback."""
+    """Run a command line's main: bad input is one line on stderr and exit code 2, a run that cannot go on one line
+    and exit code 1, Ctrl-C before training one line and 130; never a traceback."""
     try:
         return main(*args)
     except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ninterrupted before training began: nothing was saved", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

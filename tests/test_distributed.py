@@ -4,15 +4,23 @@ instead of DDP) and sharded with PyTorch's FSDP2 (one backward per objective, re
 This is the multi-GPU path of raco.py run where no GPU is needed.
 """
 
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
+import train
 from raco import MultiObjectiveBackward
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WEIGHTS = [0.4, 0.6]
 STEPS = 3
@@ -32,7 +40,7 @@ def losses(model, x, targets):
     return torch.stack([((out - targets) ** 2).mean(), (out.sum(1) + 1.0).pow(2).mean()])
 
 
-def train(model, micro_batches, solve_per):
+def run_steps(model, micro_batches, solve_per):
     """STEPS AdamW steps; micro_batches(step) lists this process's (x, targets). Returns the first direction and the
     final parameters, each flattened (whole tensors, gathered from the shards under FSDP)."""
     whole = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t  # noqa: E731
@@ -61,7 +69,7 @@ def worker(rank, port, solve_per, sharded, results):
         fully_shard(model, mesh=mesh)
     # rank 0 holds rows 0-3 of each step, rank 1 rows 4-7, in two micro-batches of two rows (accumulation)
     rows = lambda k: [(x[k, i:i + 2], targets[k, i:i + 2]) for i in (4 * rank, 4 * rank + 2)]  # noqa: E731
-    results[rank] = train(model, rows, solve_per)
+    results[rank] = run_steps(model, rows, solve_per)
     dist.destroy_process_group()
 
 
@@ -81,9 +89,49 @@ def test_two_processes_match_one(solve_per, sharded):
         groups = [[0, 1, 4, 5], [2, 3, 6, 7]]
     else:  # replicated: each process solves its own micro-batches, and the directions are averaged
         groups = [[0, 1], [2, 3], [4, 5], [6, 7]]
-    expected = train(model, lambda k: [(x[k, g], targets[k, g]) for g in groups], solve_per)
+    expected = run_steps(model, lambda k: [(x[k, g], targets[k, g]) for g in groups], solve_per)
     for got in (results[0], results[1]):  # every process steps on the same direction, to the same parameters
         for value, reference in zip(got, expected):
             assert torch.allclose(value, reference, rtol=1e-10, atol=1e-13)
     initial = torch.cat([p.detach().reshape(-1) for p in model_and_data()[0].parameters()])
     assert (expected[1] - initial).abs().max() > 0.05  # the steps did move the parameters
+
+
+def torchrun(args, out):
+    """train.py under torchrun with two CPU processes (gloo), one thread each; returns its metrics.jsonl lines."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    result = subprocess.run([*launch, "train.py", *args, "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return metrics(out)
+
+
+def metrics(out):
+    with open(out / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_train_py_under_torchrun_replicated_and_fsdp_equals_one_process_and_fsdp_resumes_exactly(
+        tiny_model_dir, tiny_pairs, tmp_path):
+    common = ["--model", tiny_model_dir, "--data", tiny_pairs, "--steps", "4", "--log-every", "1", "--lr", "1e-2",
+              "--eval-prompts", "0", "--save-every", "2", "--method", "raco", "--weights", "0.3,0.7"]
+    train.main(train.parse_args([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]))
+    one = metrics(tmp_path / "one")
+    weights = lambda run: load_file(str(tmp_path / run / "policy" / "model.safetensors"))  # noqa: E731
+    for run, extra in (("replicated", []), ("fsdp", ["--fsdp"])):
+        logged = torchrun([*common, "--batch-size", "2", *extra], tmp_path / run)
+        # each process saw 2 of the 4 pairs; the logged losses and coefficients are the mean over processes
+        for a, b in zip(one, logged):
+            for key in ("good/loss", "short/loss", "good/rewards/margins", "a/good", "grad_norm"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (run, key)
+        for key, value in weights("one").items():
+            assert torch.allclose(value, weights(run)[key], rtol=1e-4, atol=1e-6), (run, key)
+    # FSDP resume from a torch.distributed.checkpoint checkpoint: as if stopped right after step 2
+    final = weights("fsdp")
+    out = tmp_path / "fsdp"
+    shutil.rmtree(out / "checkpoints" / "step-000004")
+    shutil.rmtree(out / "policy")
+    (out / "summary.json").unlink()
+    torchrun([*common, "--batch-size", "2", "--fsdp"], out)
+    assert all(torch.equal(value, weights("fsdp")[key]) for key, value in final.items())

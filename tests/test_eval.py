@@ -84,10 +84,11 @@ def test_checkpoint_on_real_style_data_is_scored_by_reward_models(tiny_model_dir
 
 BAD_INPUTS = [
     ([], "the following arguments are required: --checkpoint"),
-    (["--checkpoint", "no/such/run"], "--checkpoint: no/such/run: expected a train.py output with summary.json "
-                                      "and policy/"),
+    (["--checkpoint", "no/such/run"], "--checkpoint: no/such/run: expected a finished train.py output with "
+                                      "summary.json and policy/"),
     (["--samples", "0", "--checkpoint", "x"], "--samples: expected a positive integer, got 0"),
-    (["--temperature", "0", "--checkpoint", "x"], "--temperature: expected a positive number, got 0.0"),
+    (["--temperature", "0", "--checkpoint", "x"], "--temperature: expected a positive finite number, got 0.0"),
+    (["--temperature", "inf", "--checkpoint", "x"], "--temperature: expected a positive finite number, got inf"),
     (["--prompts", "many"], "argument --prompts: invalid int value: 'many'"),
     (["--checkpoint", "x", "--colour"], "unrecognized arguments: --colour"),
 ]
@@ -110,17 +111,32 @@ def test_bad_checkpoint_inputs_name_the_flag(tiny_model_dir, tiny_pairs, reward_
              (["--data", tiny_pairs, "--reward-models", "good"],
               "--reward-models: expected name=PATH_OR_ID[,name=PATH_OR_ID...], got 'good'"),
              (["--data", tiny_pairs, "--reward-models", f"good={tiny_model_dir}x"],
-              f"--reward-models: could not load '{tiny_model_dir}x': ")]  # then the library's reason
+              f"--reward-models: {tiny_model_dir}x: no such directory"),
+             (["--data", tiny_pairs, "--reward-models", f"good={tiny_model_dir}"],  # a causal LM, no reward head
+              f"--reward-models: {tiny_model_dir}: its weights do not fit its config (LlamaForSequenceClassification):"
+              " 1 tensors missing, e.g. 'score.weight'"),
+             (["--out", str(tmp_path)], f"--out: {tmp_path} is a directory; expected the path of a .json file"),
+             (["--out", str(run / "summary.json" / "eval.json")],
+              f"--out: {run / 'summary.json'} is a file, not a directory")]
     for flags, message in cases:
         with pytest.raises(train.INPUT_ERRORS) as error:
             evaluation.main(["--checkpoint", str(run), *flags])
-        assert str(error.value).startswith(message) and (str(error.value) == message) == (not message.endswith(" "))
-        assert "\n" not in str(error.value)
+        assert str(error.value) == message
+    summary = (run / "summary.json").read_text()
+    for broken, message in (("{", "not readable JSON (Expecting property name enclosed in double quotes: line 1 "
+                                  "column 2 (char 1))"),
+                            ("[]", "expected a 'config' dict, as train.py writes it"),
+                            (summary.replace('"objectives"', '"names"'), "expected a 'objectives' list, as train.py "
+                                                                         "writes it")):
+        (run / "summary.json").write_text(broken)
+        with pytest.raises(train.UsageError) as error:
+            evaluation.main(["--checkpoint", str(run), "--data", tiny_pairs])
+        assert str(error.value) == f"--checkpoint: {run / 'summary.json'}: {message}"
 
 
 def test_command_line_exits_2_with_one_line():
     result = subprocess.run([sys.executable, "eval.py", "--checkpoint", "no/such/run"], cwd=ROOT,
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: --checkpoint: no/such/run: expected a train.py output with summary.json "
-                                     "and policy/")
+    assert result.stderr.strip() == ("error: --checkpoint: no/such/run: expected a finished train.py output with "
+                                     "summary.json and policy/")

@@ -56,7 +56,7 @@ BAD_INPUTS = [
     (["--seeds", "a"], "--sweep, --seeds: expected comma-separated numbers, got '0.1,0.3,0.5,0.7,0.9', 'a'"),
     (["--model", "no/such/model"], "no/such/model: not found; the sweep runs on the embedded world "
                                    "(python world.py build)"),
-    (["--temperature", "0"], "--temperature: expected a positive number, got 0.0"),
+    (["--temperature", "0"], "--temperature: expected a positive finite number, got 0.0"),
     (["--steps", "0"], "--steps: expected a positive integer, got 0"),
     (["--colour"], "unrecognized arguments: --colour"),
 ]

@@ -1,13 +1,15 @@
 """policy.py: the one sampler and its log-probs against an unpadded forward of each sample, KL against the
 reference, left padding that changes nothing, and the shipped world model sampled through it."""
 import copy
+import json
 import os
+import shutil
 
 import pytest
 import torch
 
 import world
-from policy import evaluate_samples, eval_mode, load_model, sample, sampled_logps
+from policy import ModelError, evaluate_samples, eval_mode, load_model, sample, sampled_logps
 
 MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "world-tiny")
 
@@ -107,3 +109,41 @@ def test_shipped_model_samples_are_mostly_well_formed(shipped):
     assert len(samples) == 32 and all(len(s) == 1 for s in samples)
     assert sum(world.is_well_formed(s[0]) for s in samples) / 32 > 0.8
     assert sum(world.score(p, s[0])["quality"] for p, s in zip(prompts, samples)) / 32 > 0.2  # it does summarise
+
+
+def broken_copy(source, tmp_path, name, change):
+    path = tmp_path / name
+    shutil.copytree(source, path)
+    change(path)
+    return str(path)
+
+
+def test_a_model_directory_that_cannot_be_used_is_one_line_naming_what_is_wrong(tiny_model_dir, tmp_path):
+    def truncate(path):
+        weights = path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+
+    def other_architecture(path):  # config says GPT-2, the weights are a Llama's
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2",
+                                                      "architectures": ["GPT2LMHeadModel"]}))
+
+    cases = [
+        (lambda p: (p / "tokenizer.json").unlink() or (p / "tokenizer_config.json").unlink(),
+         "no tokenizer (tokenizer.json or tokenizer_config.json); save one beside the weights with "
+         "tokenizer.save_pretrained"),
+        (lambda p: (p / "config.json").unlink(), "no config.json (not a Hugging Face model directory)"),
+        (lambda p: (p / "model.safetensors").unlink(), "no weights (*.safetensors or pytorch_model*.bin)"),
+    ]
+    for n, (change, message) in enumerate(cases):
+        path = broken_copy(tiny_model_dir, tmp_path, f"case{n}", change)
+        with pytest.raises(ModelError) as error:
+            load_model(path, torch.device("cpu"), "--reference")
+        assert str(error.value) == f"--reference: {path}: {message}"
+    path = broken_copy(tiny_model_dir, tmp_path, "truncated", truncate)
+    with pytest.raises(ModelError, match=f"^--model: could not load '{path}': .*(header|incomplete|EOF)"):
+        load_model(path, torch.device("cpu"))
+    path = broken_copy(tiny_model_dir, tmp_path, "gpt2", other_architecture)
+    with pytest.raises(ModelError) as error:  # from_pretrained alone would fill a GPT-2 with random weights
+        load_model(path, torch.device("cpu"))
+    assert str(error.value).startswith(f"--model: {path}: its weights do not fit its config (GPT2LMHeadModel): ")

@@ -168,3 +168,21 @@ def test_bad_use_is_reported():
         step.backward(losses(model, ids))
     with pytest.raises(RuntimeError, match="before any backward"):
         step.finish()
+
+
+def test_subset_gram_solves_on_the_last_block_then_steps_on_every_parameter():
+    model, ids = tiny_model(), batch(6)
+    F = flat_gradients(model, ids)
+    params = list(model.parameters())
+    last_block = {id(p) for p in model.model.layers[-1].parameters()}
+    in_block = torch.cat([torch.full((p.numel(),), id(p) in last_block) for p in params])
+    F_block = F[:, in_block]  # the same gradients, restricted to the last block's coordinates
+    a_block, _ = coefficients(F_block @ F_block.T, WEIGHTS, "raco")
+    a_full, _ = coefficients(F @ F.T, WEIGHTS, "raco")
+    assert not torch.allclose(a_block, a_full, rtol=1e-3)  # the approximation is a different solve
+    step = MultiObjectiveBackward(params, WEIGHTS, "raco", gram_params=list(model.model.layers[-1].parameters()))
+    step.backward(losses(model, ids))
+    logged = step.finish()
+    assert torch.allclose(torch.tensor([logged["a/0"], logged["a/1"]], dtype=torch.float64), a_block, rtol=1e-10)
+    expected = a_block @ F  # one full backward of a^T L (rounded differently from two: float32 rotary tables)
+    assert (grad_vector(model) - expected).norm() < 1e-6 * expected.norm()

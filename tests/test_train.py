@@ -38,26 +38,76 @@ def test_hub_format_model_trains_and_saves_loadable_policy(tiny_model_dir, tiny_
     assert lines[-1]["good/rewards/margins"] > 0
 
 
-BAD_INPUTS = [
+# Checked before anything is loaded: flags, and an --out that cannot be written.
+UP_FRONT = [
     (["--method", "adam"], "--method: unknown method 'adam'; expected one of lw, cagrad, raco, mgda, pcgrad, amopo"),
     (["--c", "1.0"], "--c: expected a value in [0, 1), got 1.0"),
-    (["--weights", "0.5,-0.5"], "--weights: expected non-negative weights with a positive sum, got '0.5,-0.5'"),
-    (["--weights", "0,0"], "--weights: expected non-negative weights with a positive sum, got '0,0'"),
-    (["--weights", "0.2,0.3,0.5"], "--weights: got 3 weights for 2 objectives"),
+    (["--weights", "0.5,-0.5"], "--weights: expected finite non-negative weights with a positive sum, got '0.5,-0.5'"),
+    (["--weights", "0,0"], "--weights: expected finite non-negative weights with a positive sum, got '0,0'"),
+    (["--weights", "1,inf"], "--weights: expected finite non-negative weights with a positive sum, got '1,inf'"),
     (["--weights", "a,b"], "--weights: expected comma-separated numbers, got 'a,b'"),
+    (["--beta", "inf"], "--beta: invalid value inf (see --help)"),
+    (["--lr", "nan"], "--lr: invalid value nan (see --help)"),
+    (["--log-every", "0"], "--log-every: invalid value 0 (see --help)"),
+    (["--max-grad-norm", "nan"], "--max-grad-norm: invalid value nan (see --help)"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm: invalid value -1.0 (see --help)"),
+    (["--eval-prompts", "-5"], "--eval-prompts: invalid value -5 (see --help)"),
+    (["--save-every", "-1"], "--save-every: invalid value -1 (see --help)"),
+    (["--fsdp"], "--fsdp: invalid value True (launch with torchrun)"),
+    (["--gram-layers", "1", "--grad-accum", "2"], "--gram-layers: solves per micro-batch; with --grad-accum > 1 pass "
+                                                  "--solve-per micro_batch"),
+    (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    (["--out", "{file}"], "--out: {file} is a file, not a directory"),
+    (["--out", "{file}/run"], "--out: {file}/run lies under {file}, which is a file"),
+    (["--resume"], "--resume: {out} holds no run to resume"),
+]
+# Checked once the model and the data are loaded, before any training.
+AFTER_LOADING = [
+    (["--weights", "0.2,0.3,0.5"], "--weights: got 3 weights for 2 objectives"),
     (["--objectives", "good,kind"], "{pairs}: unknown objective 'kind'; available: good, short"),
     (["--model", "./no/such/model"], "--model: ./no/such/model: no such directory"),
     (["--data", "missing.jsonl"], "missing.jsonl: no such file or directory"),
+    (["--gram-layers", "2", "--batch-size", "4"], "--gram-layers: 2, but the model has 1 transformer blocks"),
+    (["--batch-size", "16"], "--data: 8 pairs, fewer than one batch of 16"),
 ]
 
 
-@pytest.mark.parametrize("flags,message", BAD_INPUTS)
-def test_bad_input_is_one_clear_line(flags, message, tiny_model_dir, tiny_pairs, tmp_path):
-    args = ["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--out", str(tmp_path / "run")]
+@pytest.fixture
+def failing_load(monkeypatch):
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+    monkeypatch.setattr(train, "load_model", load_model)
+
+
+def check_one_line(flags, message, tiny_model_dir, tiny_pairs, tmp_path):
+    out, file = tmp_path / "run", tmp_path / "a-file"
+    file.write_text("not a directory")
+    fill = lambda text: text.format(pairs=tiny_pairs, file=file, out=out)  # noqa: E731
+    args = ["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--out", str(out)]
     with pytest.raises(train.INPUT_ERRORS) as error:
-        run(*args, *flags)
-    assert str(error.value) == message.format(pairs=tiny_pairs)
-    assert not (tmp_path / "run").exists()  # nothing half-written
+        run(*args, *map(fill, flags))
+    assert str(error.value) == fill(message)
+    assert not out.exists() and file.read_text() == "not a directory"  # nothing written, nothing clobbered
+
+
+@pytest.mark.parametrize("flags,message", UP_FRONT)
+def test_bad_flags_are_one_clear_line_before_anything_loads(flags, message, tiny_model_dir, tiny_pairs, tmp_path,
+                                                            failing_load):
+    check_one_line(flags, message, tiny_model_dir, tiny_pairs, tmp_path)
+
+
+@pytest.mark.parametrize("flags,message", AFTER_LOADING)
+def test_bad_inputs_are_one_clear_line_before_training(flags, message, tiny_model_dir, tiny_pairs, tmp_path):
+    check_one_line(flags, message, tiny_model_dir, tiny_pairs, tmp_path)
+
+
+def test_an_unwritable_out_is_refused_before_loading(tmp_path, failing_load):
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(train.INPUT_ERRORS, match=f"--out: {locked} is not writable"):
+        run("--out", str(locked / "run"))
 
 
 def test_bad_data_lines_are_reported_with_their_line(tiny_model_dir, tmp_path):
@@ -101,3 +151,84 @@ def test_training_on_the_embedded_world_beats_the_reference(tmp_path):
     assert after["weighted"] > before["weighted"] + 0.03, (before, after)
     assert after["quality"] > before["quality"]  # the objective with the larger weight moved the most
     assert after["well_formed"] >= 0.95
+
+
+@pytest.fixture(scope="module")
+def no_bos_model_dir(tmp_path_factory):
+    """A tiny model whose tokenizer adds no BOS, as Qwen's does not."""
+    from tiny import tiny_llama, word_tokenizer
+    path = tmp_path_factory.mktemp("no-bos")
+    tiny_llama().save_pretrained(path)
+    word_tokenizer(bos=False).save_pretrained(path)
+    return str(path)
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_an_empty_prompt_without_bos_is_refused_with_its_line(no_bos_model_dir, tmp_path):
+    rows = [{"prompt": "hello", "response_a": "good", "response_b": "bad", "raco_s_good": 1}] * 3
+    data = write_rows(tmp_path / "pairs.jsonl", rows + [dict(rows[0], prompt="")])
+    with pytest.raises(train.INPUT_ERRORS) as error:
+        run("--model", no_bos_model_dir, "--data", data, "--weights", "1", "--batch-size", "2",
+            "--out", str(tmp_path / "run"))
+    assert str(error.value) == (f"{data} line 4: empty prompt, and the tokenizer adds no BOS: the first response "
+                                "token would have nothing to be predicted from")
+
+
+def test_pairs_that_teach_nothing_are_warned_about(tiny_model_dir, tmp_path, capsys):
+    rows = [{"prompt": "hello", "response_a": "good", "response_b": "bad", "raco_s_good": 1, "raco_s_short": 0},
+            {"prompt": "hello", "response_a": "good", "response_b": "good", "raco_s_good": -1, "raco_s_short": 0}]
+    data = write_rows(tmp_path / "pairs.jsonl", rows * 2)
+    run("--model", tiny_model_dir, "--data", data, "--batch-size", "2", "--steps", "1", "--eval-prompts", "0",
+        "--out", str(tmp_path / "run"))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: 2 of 4 pairs have identical responses and teach nothing (first: {data} line 2)",
+                        "warning: objective 'short' is a tie on every pair: its loss is constant and its gradient "
+                        "zero"]
+
+
+def test_data_other_than_the_worlds_defaults_to_its_own_objectives(tiny_model_dir, tmp_path):
+    rows = [{"prompt": "question", "response_0": "good answer", "response_1": "bad answer",
+             "better_response_id": i % 2, "safer_response_id": 0} for i in range(4)]
+    summary = run("--model", tiny_model_dir, "--data", write_rows(tmp_path / "pku_train.jsonl", rows),
+                  "--batch-size", "2", "--steps", "1", "--eval-prompts", "0", "--out", str(tmp_path / "run"))
+    assert summary["objectives"] == ["helpful", "harmless"]
+
+
+def test_the_worlds_data_defaults_to_quality_and_conciseness(tiny_world, tmp_path):
+    summary = run("--model", tiny_world["model"], "--data", tiny_world["train"], "--batch-size", "8", "--steps", "1",
+                  "--eval-prompts", "0", "--out", str(tmp_path / "run"))
+    assert summary["objectives"] == ["quality", "conciseness"]
+    summary = run("--model", tiny_world["model"], "--data", tiny_world["train"], "--batch-size", "8", "--steps", "1",
+                  "--eval-prompts", "0", "--objectives", "faithfulness,quality", "--out", str(tmp_path / "three"))
+    assert summary["objectives"] == ["faithfulness", "quality"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--lora-r", "4"]], ids=["full", "lora"])
+def test_precomputed_reference_log_probs_train_the_same_policy(extra, tiny_model_dir, tiny_pairs, tmp_path):
+    if extra:
+        pytest.importorskip("peft")
+    common = ["--model", tiny_model_dir, "--data", tiny_pairs, "--batch-size", "4", "--steps", "6", "--lr", "1e-2",
+              "--log-every", "1", "--eval-prompts", "0", "--save-every", "0", *extra]
+    run(*common, "--out", str(tmp_path / "online"))
+    cached = run(*common, "--precompute-ref", "--out", str(tmp_path / "cached"))
+    (cache,) = (tmp_path / "cached").glob("reference_logps-*.safetensors")
+    online = [json.loads(x) for x in (tmp_path / "online" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(online, lines):  # the same losses at every step, to float rounding (batches pad differently)
+        assert a["good/loss"] == pytest.approx(b["good/loss"], rel=1e-5)
+        assert a["short/loss"] == pytest.approx(b["short/loss"], rel=1e-5)
+    policy_online = AutoModelForCausalLM.from_pretrained(tmp_path / "online" / "policy")
+    policy_cached = AutoModelForCausalLM.from_pretrained(tmp_path / "cached" / "policy")
+    for p, q in zip(policy_online.parameters(), policy_cached.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
+    mtime = cache.stat().st_mtime_ns  # rerun into the same --out: the cache is read, not computed again
+    run(*common, "--precompute-ref", "--out", str(tmp_path / "cached"), "--overwrite", "--steps", "7")
+    assert cache.stat().st_mtime_ns == mtime and len(list((tmp_path / "cached").glob("reference_logps-*"))) == 1
+    run(*common, "--precompute-ref", "--out", str(tmp_path / "cached"), "--overwrite", "--max-length", "64",
+        "--max-prompt-length", "32")  # other tokenisation settings: another cache, never the stale one
+    assert len(list((tmp_path / "cached").glob("reference_logps-*"))) == 2
+    assert cached["config"]["precompute_ref"]

@@ -1,0 +1,158 @@
+"""Runs that survive (checkpoint.py and train.py's loop): a run interrupted at any point -- by an exception, SIGINT or
+SIGKILL -- and resumed ends bit-identical to one never interrupted; an --out never mixes two runs; a diverging run
+stops with its last checkpoint intact; a full disk is one line, never a half-written checkpoint."""
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import checkpoint
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one thread: the same sums in every process
+
+
+def flags(tiny_model_dir, tiny_pairs, out, *extra):
+    return ["--model", tiny_model_dir, "--data", tiny_pairs, "--batch-size", "4", "--eval-prompts", "0",
+            "--lr", "1e-2", "--log-every", "2", "--out", str(out), *extra]
+
+
+def parameters(out):
+    return load_file(os.path.join(out, "policy", "model.safetensors"))
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def assert_same_run(a, b):
+    pa, pb = parameters(a), parameters(b)
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)  # bit-identical
+    ma, mb = metrics(a), metrics(b)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb] and ma == mb
+
+
+@pytest.mark.parametrize("method, accumulation", [("raco", "1"), ("raco", "2"), ("lw", "2")])
+def test_resume_after_an_exception_is_bit_identical(method, accumulation, tiny_model_dir, tiny_pairs, tmp_path,
+                                                    monkeypatch):
+    common = ["--method", method, "--grad-accum", accumulation, "--steps", "12", "--save-every", "3",
+              "--keep-checkpoints", "1"]
+    train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "whole", *common)))
+    honest, calls = train.objective_losses, []
+
+    def crash_in_step_8(*args):
+        calls.append(1)
+        if len(calls) > 7 * int(accumulation):
+            raise RuntimeError("power cut")
+        return honest(*args)
+
+    monkeypatch.setattr(train, "objective_losses", crash_in_step_8)
+    args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "cut", *common))
+    with pytest.raises(RuntimeError, match="power cut"):
+        train.main(args)
+    assert [os.path.basename(c) for c in checkpoint.checkpoints(tmp_path / "cut")] == ["step-000006"]
+    monkeypatch.setattr(train, "objective_losses", honest)
+    summary = train.main(args)  # the same command again continues from step 6
+    assert summary["resumed_from"].endswith("step-000006")
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def wait_for(path, process, seconds=120):
+    deadline = time.time() + seconds
+    while not os.path.exists(path):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_resume_after_a_signal_is_bit_identical(how, tiny_model_dir, tiny_pairs, tmp_path):
+    command = lambda out: [sys.executable, "train.py",  # noqa: E731
+                            *flags(tiny_model_dir, tiny_pairs, out, "--steps", "400", "--save-every", "20")]
+    subprocess.run(command(tmp_path / "whole"), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    process = subprocess.Popen(command(tmp_path / "cut"), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "cut" / "checkpoints" / "step-000020", process)
+    process.send_signal(how)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == (128 + how if how != signal.SIGKILL else -signal.SIGKILL)
+    assert "Traceback" not in stderr
+    stopped_at = int(checkpoint.checkpoints(tmp_path / "cut")[-1].rsplit("-", 1)[1])
+    assert 20 <= stopped_at < 400 and not (tmp_path / "cut" / "summary.json").exists()
+    if how != signal.SIGKILL:  # the current step finished and was saved: one line says where and how to go on
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith(f"{how.name} at step {stopped_at}: checkpoint saved in ") and "--resume" in last
+    resumed = subprocess.run(command(tmp_path / "cut"), cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {tmp_path / 'cut' / 'checkpoints' / f'step-{stopped_at:06d}'}" in resumed.stderr
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_an_out_holding_another_run_is_refused_unless_overwrite(tiny_model_dir, tiny_pairs, tmp_path):
+    out = tmp_path / "run"
+    train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--save-every", "0")))
+    before = parameters(out)
+    with pytest.raises(checkpoint.RunError) as error:  # another learning rate: another run
+        train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--save-every", "0",
+                                          "--lr", "5e-2")))
+    assert str(error.value) == (f"--out: {out} holds another run (run.json, metrics.jsonl, policy, summary.json); "
+                                "pass --overwrite to replace it or --resume to continue it")
+    assert all(torch.equal(before[k], v) for k, v in parameters(out).items())  # untouched
+    with pytest.raises(train.INPUT_ERRORS):  # a bad flag with --overwrite costs the old run nothing either
+        train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--overwrite",
+                                          "--weights", "1,2,3")))
+    assert all(torch.equal(before[k], v) for k, v in parameters(out).items())
+    train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--save-every", "0",
+                                      "--lr", "5e-2", "--overwrite")))
+    assert json.loads((out / "run.json").read_text())["lr"] == 5e-2
+    assert any(not torch.equal(before[k], v) for k, v in parameters(out).items())
+
+
+def test_rerunning_a_finished_run_trains_nothing_again(tiny_model_dir, tiny_pairs, tmp_path, monkeypatch):
+    args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "4", "--save-every", "2"))
+    first = train.main(args)
+    monkeypatch.setattr(train, "objective_losses", lambda *a: pytest.fail("trained again"))
+    again = train.main(args)  # resumes from the final checkpoint: no step left, the same summary
+    assert again["resumed_from"].endswith("step-000004") and again["final"] == first["final"]
+    with pytest.raises(checkpoint.RunError, match="--resume: .* holds a run with other settings \\(steps\\)"):
+        train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "8",
+                                          "--save-every", "2", "--resume")))
+
+
+def test_a_diverging_run_skips_its_bad_steps_then_stops_with_one_line(tiny_model_dir, tiny_pairs, tmp_path):
+    out = tmp_path / "run"
+    args = flags(tiny_model_dir, tiny_pairs, out, "--lr", "1e30", "--steps", "50", "--save-every", "1",
+                 "--max-bad-steps", "3", "--log-every", "1")
+    result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: stopped at step ") and "non-finite" in line and "--lr 1e+30" in line
+    stopped = int(line.split("stopped at step ")[1].split(":")[0])
+    logged = metrics(out)
+    assert [m.get("skipped_steps") for m in logged[-3:]] == [1.0, 1.0, 1.0]  # the three skipped steps, logged
+    kept = checkpoint.checkpoints(out)  # saved every step, but not while steps fail: the last one before them
+    assert f"the last checkpoint, {kept[-1]}, is intact" in line and int(kept[-1].rsplit("-", 1)[1]) == stopped - 3
+    state = torch.load(os.path.join(kept[-1], "trainer.pt"), weights_only=True)
+    assert state["skipped"] == 0 and state["bad_steps"] == 0
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_checkpoint(tiny_model_dir, tiny_pairs, tmp_path):
+    def small_files():  # every file this process writes is cut at 40 kB, as a full disk would cut it
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "train.py", *flags(tiny_model_dir, tiny_pairs, out, "--steps", "4")],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, preexec_fn=small_files)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: could not write to {out}: File too large"
+    assert checkpoint.checkpoints(out) == [] and not (out / "policy").exists()
