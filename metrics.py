@@ -2,7 +2,8 @@
 
 Errors and spreads: mean_se (prompts as the independent units), mean_std (over seeds), kl_estimate.
 Agreement: pearson, ranks, spearman (weight fidelity). Fronts, every objective maximised: dominates, pareto_front,
-fraction_dominated, hypervolume_2d.
+fraction_dominated, hypervolume_2d, hypervolume_3d; a continuous front such as world.exact_front: front_hypervolume_2d,
+front_gain_2d, front_distance_2d.
 """
 import math
 
@@ -90,3 +91,69 @@ def hypervolume_2d(points, reference):
             area += (x - reference[0]) * (y - best)
             best = y
     return area
+
+
+def hypervolume_3d(points, reference):
+    """Volume of the region dominated by `points` and dominating `reference` (all three objectives maximised).
+
+    Slice along the third objective: between two consecutive levels of it the slice is one 2-D region, dominated by
+    the points that reach at least the upper level, so the volume is a sum of 2-D hypervolumes times thicknesses.
+    Exact; O(N^2 log N). A point not strictly better than the reference in every objective is dropped.
+    """
+    inside = [p for p in points if all(x > r for x, r in zip(p, reference))]
+    levels = sorted({p[2] for p in inside}, reverse=True) + [reference[2]]
+    return sum(hypervolume_2d([p[:2] for p in inside if p[2] >= top], reference[:2]) * (top - below)
+               for top, below in zip(levels, levels[1:]))
+
+
+# A continuous front, e.g. world.exact_front: `vertices` sorted by the first objective, the second non-increasing,
+# every point of the polyline through them achievable (mixtures of neighbouring vertices). What it dominates is
+# everything below the polyline, below its first vertex's height to the left, and nothing right of its last vertex.
+
+
+def _check_front(vertices):
+    assert vertices and all(a[0] <= b[0] and a[1] >= b[1] for a, b in zip(vertices, vertices[1:])), vertices
+
+
+def front_hypervolume_2d(vertices, reference):
+    """Area dominated by the front through `vertices` and dominating `reference`: the integral of the front's height
+    above reference[1], from reference[0] to the last vertex. Unlike hypervolume_2d(vertices), which counts only the
+    staircase under the vertices, it counts the triangles between the staircase and the polyline."""
+    _check_front(vertices)
+    (rx, ry), area = reference, 0.0
+    start = (min(rx, vertices[0][0]), vertices[0][1])  # the flat piece left of the first vertex
+    for (ax, ay), (bx, by) in zip([start] + list(vertices[:-1]), vertices):
+        left = max(ax, rx)
+        if bx <= left:
+            continue
+        low, high = sorted((ay + (by - ay) * (left - ax) / (bx - ax) - ry, by - ry))  # heights at both ends
+        if low >= 0:
+            area += (low + high) / 2 * (bx - left)  # a trapezoid
+        elif high > 0:
+            area += high * high / (high - low) / 2 * (bx - left)  # the triangle above reference[1]
+    return area
+
+
+def front_gain_2d(point, vertices):
+    """How far `point` could move along (1, 1) and stay dominated by the front through `vertices`: the t with
+    point + (t, t) on the boundary of the region the front dominates. t > 0: the front offers t more of both
+    objectives at once; t = 0: on the boundary; t < 0: beyond the front (unreachable) by t in both."""
+    _check_front(vertices)
+    (px, py), (x0, y0) = point, vertices[0]
+    offset = py - px  # the ray is y = x + offset; along the front, y - x falls strictly
+    if y0 - x0 <= offset:
+        return y0 - py  # it meets the flat piece left of the first vertex
+    for (ax, ay), (bx, by) in zip(vertices, vertices[1:]):
+        if by - bx <= offset:  # it meets this edge
+            return ax + (ay - ax - offset) / ((ay - ax) - (by - bx)) * (bx - ax) - px
+    return vertices[-1][0] - px  # it passes above the last vertex and leaves through the vertical side below it
+
+
+def front_distance_2d(point, vertices):
+    """Euclidean distance from `point` to the polyline through `vertices` (unsigned: front_gain_2d gives the side)."""
+    best = math.dist(point, vertices[0])
+    for (ax, ay), (bx, by) in zip(vertices, vertices[1:]):
+        length2 = (bx - ax) ** 2 + (by - ay) ** 2
+        s = min(1.0, max(0.0, ((point[0] - ax) * (bx - ax) + (point[1] - ay) * (by - ay)) / length2)) if length2 else 0
+        best = min(best, math.dist(point, (ax + s * (bx - ax), ay + s * (by - ay))))
+    return best

@@ -28,6 +28,7 @@ a complete summary has to include the unusual facts, which are the ones a model 
 An ill-formed response (the empty one included) is not a summary and scores 0 on all three: otherwise "say
 nothing" would be maximally concise and vacuously faithful, and a conciseness-heavy weighting would teach the model
 to emit EOS at once. `well_formed` is reported as its own metric so that any collapse towards junk stays visible.
+`exact_front` gives the best trade-off any policy can reach: each prompt's best responses are known, so it is exact.
 
 Token convention (pretraining here and the DPO code): the model sees
     [bos] prompt-ids response-ids [eos]
@@ -51,7 +52,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from metrics import pearson
+from metrics import pareto_front, pearson
 from policy import sample
 
 OBJECTIVES = ("quality", "conciseness", "faithfulness")
@@ -60,6 +61,7 @@ ENTITIES = ("cat", "dog", "owl", "fox", "bee", "cow", "pig", "hen", "ant", "rat"
 ATTRIBUTES = ("happy", "fast", "old", "red", "small", "big", "slow", "young", "brown", "green", "blue", "tall")
 USUAL = dict(zip(ENTITIES, ATTRIBUTES))  # world knowledge: the cat is usually happy, the dog usually fast, ...
 P_USUAL = 0.75  # a prompt gives an animal its usual attribute with this probability, another one otherwise
+FACT_COUNTS = (3, 4, 5)  # a prompt states this many facts, each count equally likely
 PREFIXES = (("also",), ("we", "see"), ("and", "then", "we", "see"))  # filler before a sentence
 INTENSIFIER = "very"  # filler inside a sentence: "the very red fox" still states "the fox is red"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
@@ -96,7 +98,7 @@ def is_eval_prompt(prompt):
 def _prompts(n, seed, held_out):
     rng, prompts = random.Random(seed), []
     while len(prompts) < n:
-        entities = rng.sample(ENTITIES, rng.randint(3, 5))
+        entities = rng.sample(ENTITIES, rng.randint(FACT_COUNTS[0], FACT_COUNTS[-1]))
         facts = [(e, USUAL[e] if rng.random() < P_USUAL else rng.choice([a for a in ATTRIBUTES if a != USUAL[e]]))
                  for e in entities]
         prompt = render_prompt(facts)
@@ -211,6 +213,67 @@ def write_response(prompt, rng):
         very = INTENSIFIER + " " if rng.random() < 0.15 else ""
         sentences.append(f"{prefix}the {very}{a} {e} .")
     return " ".join(sentences)
+
+
+# -----------------------------------------------------------------------------
+# the exact Pareto front: the best trade-off any policy can reach
+
+
+def front_responses(prompt):
+    """The only responses that can be on a prompt's Pareto front: its first k facts, bare, for k = 1..n.
+
+    The bare k-fact one weakly dominates, on all three objectives at once, any response stating k distinct facts
+    correctly, say in s >= k sentences with F filler words: it has the same quality, faithfulness 1 (the most there
+    is) and 3k <= 3s + F words, so at least its conciseness. For k = 0 (only wrong facts: faithfulness 0, quality 0,
+    >= 3 words) the 1-fact response is better, and an ill-formed response scores 0 everywhere. Which k facts, and
+    whether they are the usual attributes, does not matter: the scores count facts, and a policy reads the prompt.
+    tests/test_world.py checks this by brute force.
+    """
+    facts = list(parse_prompt(prompt).items())
+    return [" ".join(f"the {a} {e} ." for e, a in facts[:k]) for k in range(1, len(facts) + 1)]
+
+
+def exact_front(objectives=("quality", "conciseness"), prompts=None):
+    """The exact Pareto front of the expected scores over `prompts`, stochastic policies allowed: its vertices, as
+    score tuples in the order of `objectives`, sorted along the front (mixing neighbours reaches every point between).
+
+    prompts: None for the expectation over the prompt distribution (FACT_COUNTS uniformly: the front depends on a
+    prompt only through its number of facts), or a list such as eval_prompts(256), each prompt weighing the same.
+    On one prompt a policy reaches the convex hull of its front responses' scores (mixtures), whose front is their
+    upper hull; over prompts, the average of one such point per prompt. For weights w the best average w . score is
+    the average of each prompt's best, so the average's front walks all prompts' edges in order of slope, from the
+    average of their first vertices. Conciseness 3 / (3 + n * quality) is convex in quality, so on one prompt the
+    k-fact responses for 1 < k < n lie below mixtures of the 1-fact and n-fact ones. An objective constant on each
+    prompt's front (faithfulness: 1) is carried as its average, so the triple reduces to quality-conciseness.
+    """
+    if prompts is None:
+        prompts = [render_prompt([(e, USUAL[e]) for e in ENTITIES[:n]]) for n in FACT_COUNTS]
+    fronts = [sorted(pareto_front({tuple(score(p, r)[k] for k in objectives) for r in front_responses(p)}))
+              for p in prompts]  # sorted by the first objective that varies: those before it are constant
+    varying = [i for i in range(len(objectives)) if any(len({v[i] for v in f}) > 1 for f in fronts)]
+    if len(varying) > 2:
+        raise NotImplementedError("a front in more than two varying objectives (this world has none)")
+    if not varying:
+        return [tuple(sum(f[0][i] for f in fronts) / len(fronts) for i in range(len(objectives)))]
+    x, y = varying  # a non-dominated set with one varying objective is a single point, so there are two
+    chains = []
+    for front in fronts:  # the upper hull: drop a vertex on or below the chord from the one before it to the next
+        chain = []
+        for v in front:
+            while len(chain) > 1 and ((chain[-1][x] - chain[-2][x]) * (v[y] - chain[-2][y])
+                                      >= (chain[-1][y] - chain[-2][y]) * (v[x] - chain[-2][x])):
+                chain.pop()
+            chain.append(v)
+        chains.append(chain)
+    edges = sorted(((b[x] - a[x], b[y] - a[y]) for c in chains for a, b in zip(c, c[1:])), key=lambda e: -e[1] / e[0])
+    vertex = [math.fsum(c[0][i] for c in chains) / len(chains) for i in range(len(objectives))]
+    vertices = [tuple(vertex)]
+    for j, (dx, dy) in enumerate(edges):  # a vertex after each run of equal slopes (prompts with as many facts)
+        if j + 1 == len(edges) or not math.isclose(dy / dx, edges[j + 1][1] / edges[j + 1][0], rel_tol=1e-9):
+            for i, d in ((x, 0), (y, 1)):  # summed exactly (fsum): 256 small steps would not quite reach 1.0
+                vertex[i] = math.fsum([c[0][i] for c in chains] + [e[d] for e in edges[:j + 1]]) / len(chains)
+            vertices.append(tuple(vertex))
+    return vertices
 
 
 # -----------------------------------------------------------------------------

@@ -1,4 +1,6 @@
 """Tests of the embedded world: hand-worked scorer values, label signs, the prompt split, the shipped artefacts."""
+import fractions
+import itertools
 import json
 import math
 import os
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 import world
-from metrics import pearson
+from metrics import front_gain_2d, front_hypervolume_2d, pareto_front, pearson
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(ROOT, "models", "world-tiny")
@@ -208,3 +210,139 @@ def test_a_tiny_build_is_deterministic(tmp_path):
     assert all(torch.equal(first[0][k], second[0][k]) for k in first[0])
     assert first[1] == second[1] and first[2] == second[2]
     assert 0 < len(first[2]["world_train.jsonl"].splitlines()) <= 6  # pairs with an empty sample are dropped
+
+
+# --- the exact Pareto front ---------------------------------------------------------------------------------------
+
+OBJECTIVE_SETS = [("quality", "conciseness"), ("quality", "faithfulness"), ("conciseness", "faithfulness"),
+                  world.OBJECTIVES]
+# A sentence's filler as (prefix, intensifier); the scorer sees filler only through the word count, so one form per
+# count of extra words (0 to 5) stands for all of them ("also" and "very" both add one word).
+ALL_FILLERS = [("", ""), ("", "very "), ("we see ", ""), ("we see ", "very "), ("and then we see ", ""),
+               ("and then we see ", "very ")]
+
+
+def reduced_responses(prompt, max_sentences, fillers=ALL_FILLERS):
+    """Every response of 1..max_sentences sentences over a reduced alphabet, as strings, plus the empty one. The
+    scorer asks of a stated fact only whether it is a prompt fact stated correctly (and which, for repeats), so the
+    alphabet is each prompt fact, one contradicted fact and one absent animal, each with every filler word count.
+    Order never changes a score, so multisets of sentences suffice."""
+    truth = world.parse_prompt(prompt)
+    (entity, attribute), absent = next(iter(truth.items())), next(e for e in world.ENTITIES if e not in truth)
+    wrong = next(a for a in world.ATTRIBUTES if a != attribute)
+    facts = list(truth.items()) + [(entity, wrong), (absent, world.USUAL[absent])]
+    sentences = [f"{prefix}the {very}{a} {e} ." for e, a in facts for prefix, very in fillers]
+    return [""] + [" ".join(chosen) for s in range(1, max_sentences + 1)
+                   for chosen in itertools.combinations_with_replacement(sentences, s)]
+
+
+def scores_of(prompt, responses, objectives):
+    return {tuple(world.score(prompt, r)[k] for k in objectives) for r in responses}
+
+
+def flat(vertices):
+    return [x for v in vertices for x in v]
+
+
+@pytest.mark.parametrize("prompt, max_sentences, fillers", [
+    (PROMPT, 4, ALL_FILLERS),  # n = 3, with an unusual fact (the slow dog)
+    # n = 4, two unusual facts; filler of 0 or 1 word only, as all six forms would make 660k responses of <= 5
+    ("facts: the fox is red . the cat is tall . the elk is young . the bee is small . summary:", 5, ALL_FILLERS[:2]),
+])
+def test_front_responses_make_the_front_of_every_response_up_to_one_sentence_past_full_coverage(
+        prompt, max_sentences, fillers):
+    # Why n + 1 sentences bound the search: a response of s > n sentences spends s - n of them on repeats or wrong
+    # facts, >= 3 words each, and (front_responses' docstring) the bare response with its quality has fewer words
+    # and faithfulness 1. n + 1 sentences already hold every kind of waste next to full coverage.
+    achievable = {tuple(s[k] for k in world.OBJECTIVES) for s in
+                  (world.score(prompt, r) for r in reduced_responses(prompt, max_sentences, fillers))}
+    for objectives in OBJECTIVE_SETS:
+        project = [world.OBJECTIVES.index(k) for k in objectives]
+        brute = set(pareto_front(list({tuple(s[i] for i in project) for s in achievable})))
+        assert brute == set(pareto_front(list(scores_of(prompt, world.front_responses(prompt), objectives))))
+        # mixtures: every weighting's best response is as good as the best vertex of the exact front, and vice versa
+        front = world.exact_front(objectives, [prompt])
+        for w in itertools.product(*[[0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]] * len(objectives)):
+            best = max(sum(a * b for a, b in zip(w, s)) for s in brute)
+            assert math.isclose(best, max(sum(a * b for a, b in zip(w, v)) for v in front), abs_tol=1e-12)
+        assert set(front) <= brute  # the vertices are scores of real responses
+
+
+def test_the_reduced_alphabet_reaches_exactly_what_the_whole_grammar_reaches():
+    # Unreduced on a tiny case: every sentence the grammar allows (any prefix, intensifier, attribute, animal), and
+    # every pair of bare sentences; against the reduced alphabet within the same bounds.
+    everything = [f"{' '.join(p) + ' ' if p else ''}the {v}{a} {e} ." for p in ((),) + world.PREFIXES
+                  for v in ("", "very ") for a in world.ATTRIBUTES for e in world.ENTITIES]
+    bare = [f"the {a} {e} ." for a in world.ATTRIBUTES for e in world.ENTITIES]
+    everything += [x + " " + y for x in bare for y in bare]
+    reduced = [r for r in reduced_responses(PROMPT, 2) if r.count(".") == 1 or len(r.split()) == 8]
+    assert len(everything) == 1152 + 144 ** 2
+    assert scores_of(PROMPT, everything, world.OBJECTIVES) == scores_of(PROMPT, reduced, world.OBJECTIVES)
+
+
+def test_front_of_a_three_fact_prompt_by_hand():
+    # k facts of 3, bare: quality k / 3, conciseness 1 / (1 + 3k / 9), faithfulness 1
+    pure = [world.score(PROMPT, r) for r in world.front_responses(PROMPT)]
+    assert flat((s["quality"], s["conciseness"], s["faithfulness"]) for s in pure) == pytest.approx(
+        flat([(1 / 3, 3 / 4, 1), (2 / 3, 3 / 5, 1), (1, 1 / 2, 1)]))
+    # with mixtures the 2-fact response is not on the front: half 1 fact, half 3 facts gives (2/3, 5/8) > (2/3, 3/5)
+    front = world.exact_front(prompts=[PROMPT])
+    assert flat(front) == pytest.approx([1 / 3, 3 / 4, 1, 1 / 2])
+    assert front_gain_2d((2 / 3, 3 / 5), front) > 0.01
+
+
+def test_the_front_depends_on_a_prompt_only_through_its_number_of_facts():
+    usual = "facts: the cat is happy . the dog is fast . the owl is old . summary:"
+    unusual = "facts: the elk is red . the rat is blue . the ant is slow . summary:"
+    assert world.exact_front(world.OBJECTIVES, [usual]) == world.exact_front(world.OBJECTIVES, [unusual])
+    by_count = {}
+    for p in world.eval_prompts(100) + world.make_prompts(100, seed=0):
+        by_count.setdefault(len(world.parse_prompt(p)), set()).add(tuple(world.exact_front(world.OBJECTIVES, [p])))
+    assert sorted(by_count) == [3, 4, 5] and all(len(fronts) == 1 for fronts in by_count.values())
+
+
+def test_expected_front_and_its_hypervolume_by_hand():
+    # Each prompt's front is one segment, from 1 fact (1/n, 3/4) to n facts (1, 3/(3+n)); the average over n = 3, 4,
+    # 5 starts at the mean of the 1-fact points and takes the segments (each / 3) in order of slope:
+    # n = 3: (2/3, -1/4), slope -3/8; n = 4: (3/4, -9/28), slope -3/7; n = 5: (4/5, -3/8), slope -15/32.
+    F = fractions.Fraction
+    vertices = [(F(47, 180), F(3, 4))]
+    for dq, dc in ((F(2, 3), F(-1, 4)), (F(3, 4), F(-9, 28)), (F(4, 5), F(-3, 8))):
+        vertices.append((vertices[-1][0] + dq / 3, vertices[-1][1] + dc / 3))
+    assert vertices[-1] == (1, (F(1, 2) + F(3, 7) + F(3, 8)) / 3)  # full coverage on every prompt
+    front = world.exact_front()
+    assert flat(front) == pytest.approx([float(x) for x in flat(vertices)], abs=1e-15)
+    # area: the rectangle left of the first vertex, then three trapezoids
+    area = vertices[0][0] * vertices[0][1] + sum((b[0] - a[0]) * (a[1] + b[1]) / 2
+                                                 for a, b in zip(vertices, vertices[1:]))
+    assert area == F(3865, 6048)  # 0.6391: the issue's "about 0.64"
+    assert front_hypervolume_2d(front, (0, 0)) == pytest.approx(float(area), abs=1e-15)
+    # faithfulness is 1 all along: the triple front is the pair front at faithfulness 1, and faithfulness alone
+    # conflicts with neither (state every fact; state one)
+    assert world.exact_front(world.OBJECTIVES) == [v + (1.0,) for v in front]
+    assert world.exact_front(("quality", "faithfulness")) == [(1.0, 1.0)]
+    assert world.exact_front(("conciseness", "faithfulness")) == [(0.75, 1.0)]
+
+
+def test_front_over_held_out_prompts_weighs_each_number_of_facts_by_its_share():
+    prompts = world.eval_prompts(256)
+    counts = {n: sum(len(world.parse_prompt(p)) == n for p in prompts) / len(prompts) for n in (3, 4, 5)}
+    expected = [(sum(w / n for n, w in counts.items()), 0.75)]
+    for n in (3, 4, 5):  # the segments in order of slope, as in the test above
+        expected.append((expected[-1][0] + counts[n] * (1 - 1 / n),
+                         expected[-1][1] + counts[n] * (3 / (3 + n) - 0.75)))
+    assert flat(world.exact_front(prompts=prompts)) == pytest.approx(flat(expected), abs=1e-12)
+
+
+def test_no_achievable_point_lies_beyond_the_front():
+    prompts, rng = world.eval_prompts(256), random.Random(0)
+    written = [world.score(p, world.write_response(p, rng)) for p in prompts]
+    for p, s in zip(prompts, written):  # each response against its own prompt's front
+        assert front_gain_2d((s["quality"], s["conciseness"]), world.exact_front(prompts=[p])) >= -1e-12
+    mean = (sum(s["quality"] for s in written) / len(written), sum(s["conciseness"] for s in written) / len(written))
+    assert front_gain_2d(mean, world.exact_front(prompts=prompts)) > 0.05  # the writer is far from optimal
+    # the shipped reference model's samples on held-out prompts
+    rows = read_jsonl("world_eval.jsonl")
+    sampled = [world.score(r["prompt"], r[side]) for r in rows for side in ("response_a", "response_b")]
+    mean = (sum(s["quality"] for s in sampled) / len(sampled), sum(s["conciseness"] for s in sampled) / len(sampled))
+    assert front_gain_2d(mean, world.exact_front(prompts=[r["prompt"] for r in rows])) > 0
