@@ -16,7 +16,7 @@ expected, so a 100k-row file fails with something one can fix; train.py prints i
 """
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field as dataclass_field
 
 FORMATS = ("signed", "pku", "moa")
 SIGN_PREFIX = "raco_s_"
@@ -42,7 +42,7 @@ class Pair:
     response_a: str
     response_b: str
     signs: tuple
-    where: str = field(default="", compare=False)  # '<file> line <n>' or '<source> row <i>', for messages
+    where: str = dataclass_field(default="", compare=False)  # '<file> line <n>' or '<source> row <i>', for messages
 
 
 # ----------------------------------------------------------------------------- prompts and responses

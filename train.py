@@ -35,8 +35,7 @@ import dpo
 import world
 from cagrad import METHODS
 from checkpoint import RunError
-from policy import (ModelError, add_lora, eval_mode, evaluate_samples, load_model, pick_device, shard,
-                    transformer_blocks)
+from policy import ModelError, add_lora, eval_mode, load_model, pick_device, shard, transformer_blocks
 from preference_data import DataError, load_pairs
 from raco import MultiObjectiveBackward
 
@@ -47,7 +46,7 @@ TRAIN_METHODS = METHODS + ("amopo",)  # AMoPO changes the loss, not the combinat
 class Config:
     """Every flag of train.py; the defaults are the small embedded run."""
     method: str = "raco"          # raco | cagrad | lw | mgda | pcgrad | amopo
-    weights: str = "0.5,0.5"      # user weights, one per objective (normalised to sum to 1)
+    weights: str = "0.8,0.2"      # user weights, one per objective (normalised); 0.8,0.2 is one of the paper's
     c: float = 0.4                # CAGrad radius for raco and cagrad, in [0, 1)
     beta: float = 0.1             # DPO temperature
     lr: float = 5e-4              # peak learning rate of AdamW
@@ -238,13 +237,11 @@ def objective_losses(policy, reference, tokenizer, batch, cfg, device, names):
     return losses, metrics
 
 
-def world_evaluation(model, tokenizer, cfg, weights, names, pairs):
-    """Exact scores of fresh samples on held-out world prompts (None when the data is not the world's)."""
+def world_evaluation(model, tokenizer, cfg, weights, names, pairs, reference=None):
+    """world.evaluate on --eval-prompts held-out prompts, when the data is the world's (else None)."""
     if cfg.eval_prompts <= 0 or not set(names) <= set(world.OBJECTIVES) or not world.is_world_prompt(pairs[0].prompt):
         return None
-    scores, _ = evaluate_samples(model, tokenizer, world.eval_prompts(cfg.eval_prompts), world.score, seed=cfg.seed)
-    scores["weighted"] = sum(w * scores[name] for w, name in zip(weights, names))
-    return scores
+    return world.evaluate(model, tokenizer, names, weights, cfg.eval_prompts, cfg.seed, reference)
 
 
 def mean_over_processes(logged):
@@ -319,7 +316,8 @@ def main(cfg):
     try:
         train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, weights, optimizer, scheduler,
                     backward, stream, device, distributed, main_process, resume_from)
-        after = world_evaluation(policy, tokenizer, cfg, weights, names, pairs) if evaluate else None
+        after = world_evaluation(policy, tokenizer, cfg, weights, names, pairs,
+                                 reference or load_model(cfg.model, device)[1]) if evaluate else None
         policy_dir = os.path.join(cfg.out, "policy")
         checkpoint.save_policy(policy, tokenizer, policy_dir, "merge" if cfg.lora_r > 0 else None)
         summary = {"config": dataclasses.asdict(cfg), "objectives": names, "weights": weights,
@@ -334,7 +332,7 @@ def main(cfg):
     if not main_process:
         return None
     if state["before"] is not None:
-        print_table(state["before"], after, names)
+        world.print_comparison(state["before"], after, names)
     print(f"{time.time() - started:.0f} s; policy in {policy_dir}, metrics in {cfg.out}/metrics.jsonl "
           f"and {cfg.out}/summary.json")
     return summary
@@ -421,13 +419,6 @@ def train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, 
         interrupts.restore()
         if log is not None:
             log.close()
-
-
-def print_table(before, after, names):
-    keys = list(names) + ["weighted", "well_formed", "words"]
-    print(f"{'held-out samples':<18}" + "".join(f"{k:>13}" for k in keys))
-    for label, scores in (("reference", before), ("trained policy", after)):
-        print(f"{label:<18}" + "".join(f"{scores[k]:>13.3f}" for k in keys))
 
 
 def run_command(main, *args):

@@ -1,6 +1,6 @@
 """
-The embedded multi-objective world: a tiny summarisation task with exact scorers, its tokenizer, a tiny reference LM
-pretrained on it, and preference pairs labelled per objective from that model's own samples.
+The embedded multi-objective world: a tiny summarisation task whose objectives are scored exactly by code, and
+its exact Pareto front (the best trade-off any policy can reach).
 
 It mirrors the paper's Reddit TL;DR setting (SPEC §5): summary quality vs conciseness (m = 2), plus faithfulness
 (m = 3). Here the "reward models" are exact rules, so every metric can be checked by hand.
@@ -30,30 +30,14 @@ nothing" would be maximally concise and vacuously faithful, and a conciseness-he
 to emit EOS at once. `well_formed` is reported as its own metric so that any collapse towards junk stays visible.
 `exact_front` gives the best trade-off any policy can reach: each prompt's best responses are known, so it is exact.
 
-Token convention (pretraining here and the DPO code): the model sees
-    [bos] prompt-ids response-ids [eos]
-with prompt-ids = tokenizer(prompt)["input_ids"] (its post-processor prepends <bos>) and
-     response-ids = tokenizer(response, add_special_tokens=False)["input_ids"].
-The tokenizer is word level and splits on whitespace, so this equals tokenizing prompt + " " + response: the
-boundary is exact and no token straddles it. Decoding joins words with single spaces.
-
-    python world.py build     # tokenizer + model in models/world-tiny/, pairs in data/ (~2.5 minutes on 2 CPUs)
-    python world.py stats     # score fresh samples of the shipped model on held-out prompts
+The reference model and the preference pairs are built from this task by world_build.py.
 """
-import argparse
-import json
 import math
-import os
 import random
-import time
 import zlib
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-from metrics import pareto_front, pearson
-from policy import sample
+from metrics import front_gain_2d, pareto_front
+from policy import evaluate_samples
 
 OBJECTIVES = ("quality", "conciseness", "faithfulness")
 
@@ -64,7 +48,6 @@ P_USUAL = 0.75  # a prompt gives an animal its usual attribute with this probabi
 FACT_COUNTS = (3, 4, 5)  # a prompt states this many facts, each count equally likely
 PREFIXES = (("also",), ("we", "see"), ("and", "then", "we", "see"))  # filler before a sentence
 INTENSIFIER = "very"  # filler inside a sentence: "the very red fox" still states "the fox is red"
-SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 CONCISE_HALF_WORDS = 9.0  # conciseness is 0.5 at this many words (three bare facts)
 EVAL_SPLIT = 10  # one fact set in EVAL_SPLIT is held out for evaluation (decided by a hash, so any seed is safe)
 
@@ -188,34 +171,6 @@ def preference_labels(scores_a, scores_b, label_temperature, rng):
 
 
 # -----------------------------------------------------------------------------
-# the writer: the pretraining distribution of responses
-
-
-def write_response(prompt, rng):
-    """One human-like summary of varying quality. Coverage is uniform over 1..n facts; writers who try to say more
-    also slip more often (the wrong-fact rate grows with coverage), which adds to the quality/faithfulness tension."""
-    truth = list(parse_prompt(prompt).items())
-    covered = rng.sample(truth, rng.randint(1, len(truth)))
-    if rng.random() < 0.6:
-        covered.sort(key=truth.index)  # most writers follow the prompt's order
-    facts = []
-    for e, a in covered:
-        facts.append((e, a))
-        if rng.random() < 0.04 * len(covered):
-            if rng.random() < 0.5:  # a contradicted attribute ...
-                facts.append((e, rng.choice([x for x in ATTRIBUTES if x != a])))
-            else:  # ... or an animal that is not in the prompt
-                other = rng.choice([x for x in ENTITIES if x not in dict(truth)])
-                facts.append((other, USUAL[other]))
-    sentences = []
-    for e, a in facts:
-        prefix = " ".join(rng.choice(PREFIXES)) + " " if rng.random() < 0.25 else ""
-        very = INTENSIFIER + " " if rng.random() < 0.15 else ""
-        sentences.append(f"{prefix}the {very}{a} {e} .")
-    return " ".join(sentences)
-
-
-# -----------------------------------------------------------------------------
 # the exact Pareto front: the best trade-off any policy can reach
 
 
@@ -277,180 +232,28 @@ def exact_front(objectives=("quality", "conciseness"), prompts=None):
 
 
 # -----------------------------------------------------------------------------
-# tokenizer and model
+# a policy on the world
 
 
-def train_tokenizer(texts):
-    """Word-level tokenizer trained on the world's text, wrapped for transformers; tokenizer(prompt) prepends <bos>.
-    The world's whole vocabulary is added to the texts, so that no world word is <unk> however small the corpus."""
-    tok = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS.values()), min_frequency=1)
-    vocabulary = " ".join(("facts: summary: the is .", INTENSIFIER) + ENTITIES + ATTRIBUTES + sum(PREFIXES, ()))
-    tok.train_from_iterator([vocabulary, *texts], trainer)
-    bos = SPECIAL_TOKENS["bos_token"]
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # no word has '##': joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+def evaluate(model, tokenizer, names, weights, num_prompts, seed=0, reference=None):
+    """On num_prompts held-out prompts: the mean exact scores of fresh samples (4 per prompt, temperature 0.6) with
+    standard errors, the weighted score, KL(model || reference) given one (else 0: the reference itself), and
+    "to_front": how much more of both names[0] and names[1] the exact front offers (metrics.front_gain_2d)."""
+    prompts = eval_prompts(num_prompts)
+    scores, _ = evaluate_samples(model, tokenizer, prompts, score, seed=seed, reference=reference)
+    scores["weighted"] = sum(w * scores[name] for w, name in zip(weights, names))
+    scores.setdefault("kl", 0.0)
+    if len(names) > 1:
+        front = [v[:2] for v in exact_front(names[:2], prompts)]
+        scores["to_front"] = front_gain_2d((scores[names[0]], scores[names[1]]), front)
+    return scores
 
 
-def encode_batch(tokenizer, prompts, responses):
-    """[bos] prompt response [eos], right-padded -> input_ids, attention_mask, labels, each (B, T). labels are -100 on
-    the prompt and the padding: the reference model is a summariser, trained on responses only."""
-    rows = []
-    for prompt, response in zip(prompts, responses):
-        p = tokenizer(prompt)["input_ids"]
-        r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((p + r, [-100] * len(p) + r))
-    B, T = len(rows), max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((B, T), tokenizer.pad_token_id)
-    labels = torch.full((B, T), -100)
-    attention_mask = torch.zeros((B, T), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(ids)] = torch.tensor(lab)
-        attention_mask[i, : len(ids)] = 1
-    return input_ids, attention_mask, labels
-
-
-def make_model(tokenizer, hidden=64, layers=2, heads=4):
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=128, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return LlamaForCausalLM(config)
-
-
-# -----------------------------------------------------------------------------
-# preference pairs, statistics and the build
-
-
-def make_pairs(model, tokenizer, prompts, label_temperature, seed):
-    """Two samples of the reference model per prompt, scored exactly, labelled per objective ('signed' rows).
-    A pair with an empty sample (an immediate EOS, ~1 in 5000) is dropped: loaders reject empty completions."""
-    responses, _ = sample(model, tokenizer, prompts, num_samples=2, temperature=1.0, max_new_tokens=48, seed=seed,
-                          batch_size=256)
-    rng, rows = random.Random(seed), []
-    for prompt, (a, b) in zip(prompts, responses):
-        if not a or not b:
-            continue
-        labels = preference_labels(score(prompt, a), score(prompt, b), label_temperature, rng)
-        rows.append({"prompt": prompt, "response_a": a, "response_b": b,
-                     **{f"raco_s_{k}": v for k, v in labels.items()}})
-    return rows
-
-
-def describe_samples(prompts, responses):
-    """Print the well-formed rate, the mean scores and the objectives' Pearson correlation matrix."""
-    scores = [score(p, r) for p, rs in zip(prompts, responses) for r in rs]
-    n = len(scores)
-    print(f"{n} samples: well-formed {sum(s['well_formed'] for s in scores) / n:.3f}, "
-          f"mean words {sum(s['words'] for s in scores) / n:.2f}")
-    print("mean scores: " + ", ".join(f"{k} {sum(s[k] for s in scores) / n:.3f}" for k in OBJECTIVES))
-    print("pearson".ljust(14) + "".join(k.rjust(14) for k in OBJECTIVES))
-    for a in OBJECTIVES:
-        print(a.ljust(14) + "".join(f"{pearson([s[a] for s in scores], [s[b] for s in scores]):14.3f}"
-                                    for b in OBJECTIVES))
-
-
-def describe_labels(name, rows):
-    """Label frequencies per objective, and how often two objectives' labels disagree where neither is a tie."""
-    print(f"{name} ({len(rows)} pairs) labels +1/0/-1: " + ", ".join(
-        f"{k} " + "/".join(f"{sum(r[f'raco_s_{k}'] == v for r in rows) / len(rows):.2f}" for v in (1, 0, -1))
-        for k in OBJECTIVES))
-    for i, a in enumerate(OBJECTIVES):
-        for b in OBJECTIVES[i + 1:]:
-            both = [r for r in rows if r[f"raco_s_{a}"] and r[f"raco_s_{b}"]]
-            opposed = sum(r[f"raco_s_{a}"] != r[f"raco_s_{b}"] for r in both)
-            print(f"  {a} vs {b}: opposite labels on {opposed}/{len(both)} pairs where both are decided")
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def build(out_model="models/world-tiny", out_data="data", seed=0, steps=2000, batch_size=64, lr=3e-3,
-          train_pairs=3000, eval_pairs=256, label_temperature=0.05, verbose=True):
-    """Tokenizer -> pretrained reference model -> preference pairs from its own samples. Deterministic in seed."""
-    log = print if verbose else (lambda *args: None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the weights then do not depend on the core count, and tiny matmuls gain little
-    t0 = time.time()
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    tokenizer = train_tokenizer([p + " " + write_response(p, rng) for p in make_prompts(1000, seed)])
-    model = make_model(tokenizer)
-    log(f"tokenizer: {len(tokenizer)} tokens; model: {sum(p.numel() for p in model.parameters())} parameters")
-
-    # Pretraining: a fresh batch from the writer every step (the world is unbounded, so there is no epoch to overfit).
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, cosine decay to 10% of lr
-        optimizer, lambda t: min(1.0, (t + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(t / steps, 1.0))))
-    model.train()
-    for step in range(steps):
-        prompts = make_prompts(batch_size, seed=rng.getrandbits(32))
-        input_ids, attention_mask, labels = encode_batch(tokenizer, prompts, [write_response(p, rng) for p in prompts])
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 200 == 0 or step == steps - 1:
-            log(f"step {step:5d}  loss {loss.item():.4f}  ({time.time() - t0:.0f}s)")
-    model.eval()
-    model.generation_config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                   pad_token_id=tokenizer.pad_token_id, max_new_tokens=48)
-    os.makedirs(out_model, exist_ok=True)
-    model.save_pretrained(out_model, safe_serialization=True)
-    tokenizer.save_pretrained(out_model)
-    t1 = time.time()
-    log(f"pretrained and saved to {out_model} in {t1 - t0:.1f}s")
-
-    # Preference pairs from the model's own samples: training prompts, and held-out prompts for the eval file.
-    train_rows = make_pairs(model, tokenizer, make_prompts(train_pairs, seed + 1), label_temperature, seed + 2)
-    eval_rows = make_pairs(model, tokenizer, eval_prompts(eval_pairs, seed + 3), label_temperature, seed + 4)
-    os.makedirs(out_data, exist_ok=True)
-    write_jsonl(os.path.join(out_data, "world_train.jsonl"), train_rows)
-    write_jsonl(os.path.join(out_data, "world_eval.jsonl"), eval_rows)
-    log(f"sampled {len(train_rows)} train and {len(eval_rows)} eval pairs in {time.time() - t1:.1f}s "
-        f"(build total {time.time() - t0:.1f}s)")
-    if verbose:
-        describe_samples([r["prompt"] for r in train_rows], [[r["response_a"], r["response_b"]] for r in train_rows])
-        describe_labels("train", train_rows)
-        describe_labels("eval", eval_rows)
-    torch.set_num_threads(threads)
-    return model, tokenizer
-
-
-def stats(model_dir="models/world-tiny", n=512, temperature=1.0, seed=0):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    prompts = eval_prompts(n, seed=seed)
-    responses, _ = sample(model, tokenizer, prompts, 1, temperature, max_new_tokens=48, seed=seed, batch_size=256)
-    for prompt, (response,) in list(zip(prompts, responses))[:4]:
-        print(f"{prompt}\n    {response}\n    {score(prompt, response)}")
-    describe_samples(prompts, responses)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Build or inspect the embedded multi-objective world.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("command", choices=["build", "stats"])
-    parser.add_argument("--out-model", default="models/world-tiny", help="model + tokenizer folder")
-    parser.add_argument("--out-data", default="data", help="folder of world_train.jsonl / world_eval.jsonl")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the data, the init and the sampling")
-    parser.add_argument("--steps", type=int, default=2000, help="pretraining steps")
-    parser.add_argument("--train-pairs", type=int, default=3000, help="pairs on training prompts")
-    parser.add_argument("--eval-pairs", type=int, default=256, help="pairs on held-out prompts")
-    parser.add_argument("--label-temperature", type=float, default=0.05, help="Bradley-Terry label noise")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (stats)")
-    args = parser.parse_args()
-    if args.command == "build":
-        build(args.out_model, args.out_data, seed=args.seed, steps=args.steps, train_pairs=args.train_pairs,
-              eval_pairs=args.eval_pairs, label_temperature=args.label_temperature)
-    else:
-        stats(args.out_model, temperature=args.temperature, seed=args.seed)
+def print_comparison(before, after, names):
+    """The reference's and the trained policy's scores side by side."""
+    keys = list(names) + ["weighted", "well_formed", "words", "kl"] + (["to_front"] if "to_front" in after else [])
+    print(f"{'held-out samples':<18}" + "".join(f"{k:>13}" for k in keys))
+    for label, scores in (("reference", before), ("trained policy", after)):
+        print(f"{label:<18}" + "".join(f"{scores[k]:>13.3f}" for k in keys))
+    if "to_front" in after:
+        print(f"(to_front: how much more of both {names[0]} and {names[1]} the world's exact front offers)")

@@ -10,6 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import train
+import world
+from metrics import front_gain_2d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +31,7 @@ def test_hub_format_model_trains_and_saves_loadable_policy(tiny_model_dir, tiny_
                 "cos/good-short", "grad_norm/short", "lr"):
         assert key in lines[-1], key
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["config"]["steps"] == 4 and saved["weights"] == [0.5, 0.5]
+    assert saved["config"]["steps"] == 4 and saved["weights"] == pytest.approx([0.8, 0.2])
     policy = AutoModelForCausalLM.from_pretrained(out / "policy")
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = [not torch.equal(p, q) for p, q in zip(policy.parameters(), reference.parameters())]
@@ -151,6 +153,12 @@ def test_training_on_the_embedded_world_beats_the_reference(tmp_path):
     assert after["weighted"] > before["weighted"] + 0.03, (before, after)
     assert after["quality"] > before["quality"]  # the objective with the larger weight moved the most
     assert after["well_formed"] >= 0.95
+    # the distance it moved, and how far the exact front still is, measured as world.evaluate defines them
+    assert before["kl"] == 0.0 and after["kl"] > 3 * after["kl_se"] > 0
+    front = [v[:2] for v in world.exact_front(["quality", "conciseness"], world.eval_prompts(48))]
+    for scores in (before, after):
+        assert scores["to_front"] == pytest.approx(front_gain_2d((scores["quality"], scores["conciseness"]), front))
+        assert scores["to_front"] > 0  # neither reaches the exact front
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import world
+import world_build
 from metrics import front_gain_2d, front_hypervolume_2d, pareto_front, pearson
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,7 +199,7 @@ def test_shipped_samples_show_the_conflict():
 @pytest.mark.slow
 def test_a_tiny_build_is_deterministic(tmp_path):
     def tiny(out):
-        world.build(out_model=str(out / "model"), out_data=str(out / "data"), steps=5, batch_size=8,
+        world_build.build(out_model=str(out / "model"), out_data=str(out / "data"), steps=5, batch_size=8,
                     train_pairs=6, eval_pairs=4, verbose=False)
         from transformers import AutoModelForCausalLM, AutoTokenizer
         model = AutoModelForCausalLM.from_pretrained(out / "model")
@@ -336,7 +337,7 @@ def test_front_over_held_out_prompts_weighs_each_number_of_facts_by_its_share():
 
 def test_no_achievable_point_lies_beyond_the_front():
     prompts, rng = world.eval_prompts(256), random.Random(0)
-    written = [world.score(p, world.write_response(p, rng)) for p in prompts]
+    written = [world.score(p, world_build.write_response(p, rng)) for p in prompts]
     for p, s in zip(prompts, written):  # each response against its own prompt's front
         assert front_gain_2d((s["quality"], s["conciseness"]), world.exact_front(prompts=[p])) >= -1e-12
     mean = (sum(s["quality"] for s in written) / len(written), sum(s["conciseness"] for s in written) / len(written))

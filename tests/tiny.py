@@ -8,6 +8,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import world
+import world_build
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]  # ids 0, 1, 2, 3
 WORDS = SPECIALS + ("hello world good bad short long answer question the cat dog sat ran on a mat fast slow yes no "
@@ -42,15 +43,15 @@ def write_tiny_world(root):
     """The embedded world in miniature, no pretraining: its tokenizer, a random 1-layer model, and signed pairs of
     the writer's responses labelled by the exact scores (world_train.jsonl, world_eval.jsonl) under root."""
     rng = random.Random(0)
-    tokenizer = world.train_tokenizer([p + " " + world.write_response(p, rng) for p in world.make_prompts(200, 0)])
+    tokenizer = world_build.train_tokenizer([p + " " + world_build.write_response(p, rng) for p in world.make_prompts(200, 0)])
     torch.manual_seed(0)
-    model = world.make_model(tokenizer, hidden=16, layers=1, heads=2)
+    model = world_build.make_model(tokenizer, hidden=16, layers=1, heads=2)
     model.save_pretrained(root / "world-tiny")
     tokenizer.save_pretrained(root / "world-tiny")
     for name, prompts in (("world_train", world.make_prompts(48, 1)), ("world_eval", world.eval_prompts(24, 2))):
         rows = []
         for p in prompts:
-            a, b = world.write_response(p, rng), world.write_response(p, rng)
+            a, b = world_build.write_response(p, rng), world_build.write_response(p, rng)
             labels = world.preference_labels(world.score(p, a), world.score(p, b), 0, rng)
             rows.append({"prompt": p, "response_a": a, "response_b": b,
                          **{f"raco_s_{k}": v for k, v in labels.items()}})
