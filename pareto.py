@@ -1,13 +1,20 @@
 """The Pareto sweep on the embedded world: every method over a range of weights and seeds, trained, sampled and
-scored exactly, and compared as fronts.
+scored exactly, and compared as fronts, against the world's exact front.
 
-    python pareto.py               # 6 methods x 5 weights x 3 seeds on the world (~14 min on a 2-core CPU)
-    python pareto.py --quick       # the same in miniature (about a minute)
+    python pareto.py                 # 6 methods x 5 weights x 3 seeds, quality vs conciseness (2-core CPU: ~15 min)
+    python pareto.py --quick         # the same in miniature (about a minute)
+    python pareto.py --objectives quality,conciseness,faithfulness --out out/pareto3       # three objectives
+    python pareto.py --methods lw,cagrad,raco --micro-batch 2 --grad-accum 8 --solve-per micro_batch --beta 0.2 \
+        --out out/pareto-authors     # the authors' regime: the dual solved on every 2-pair micro-batch
 
 Each run is a train.py run; each trained policy is evaluated as eval.py evaluates a checkpoint (exact scores of
-samples at temperature 0.6, KL to the reference, held-out pair accuracy). Per method it reports the hypervolume of
-its front, its weight fidelity (Spearman rank correlation of a weight with its objective's score across the sweep),
-and which front dominates which. Runs already trained are reused, so an interrupted sweep continues.
+samples at temperature 0.6, KL to the reference, held-out pair accuracy). Per method it reports: the hypervolume
+of its front (exact, 2-D or 3-D) and its share of the exact front's (world.exact_front: the best trade-off any
+policy can reach), how much every point could still gain towards that front, weight fidelity (Spearman rank
+correlation of a weight with its objective's score across the sweep), KL, which front dominates which, and for
+CAGrad and RACO when the clip matters: how often the dual is interior, how often the clip changes the direction,
+the cosine between the RACO and CAGrad directions, and the cosine between the objectives' gradients.
+Runs already trained are reused, so an interrupted sweep continues.
 """
 import csv
 import dataclasses
@@ -23,30 +30,19 @@ import torch
 import train
 import world
 from eval import pair_metrics
-from metrics import fraction_dominated, hypervolume_2d, mean_std, spearman
+from metrics import (fraction_dominated, front_gain_2d, front_hypervolume_2d, hypervolume_2d, hypervolume_3d,
+                     mean_std, spearman)
 from policy import evaluate_samples, load_model, pick_device
 from preference_data import load_pairs
 from train import OneLineParser, UsageError, run_command
 
-
-PARETO_OBJECTIVES = ["quality", "conciseness"]
-HV_REFERENCE = (0.0, 0.0)  # the worst possible score of both objectives: every trained point counts
+# The three-objective design: each objective leading once, each pair leading once, and the centre.
+THREE = "0.6:0.2:0.2,0.2:0.6:0.2,0.2:0.2:0.6,0.4:0.4:0.2,0.4:0.2:0.4,0.2:0.4:0.4,0.3333:0.3333:0.3334"
 QUICK = dict(methods=",".join(train.TRAIN_METHODS), sweep="0.1,0.5,0.9", seeds="0", steps=20, prompts=32,
              samples=2, pairs=128)
 FULL = dict(methods=",".join(train.TRAIN_METHODS), sweep="0.1,0.3,0.5,0.7,0.9", seeds="0,1,2",
             steps=100, prompts=64, samples=4, pairs=256)
-
-
-def point_metrics(policy, reference, tokenizer, eval_pairs, prompts, args, cfg, device):
-    """Every metric of one policy as one flat row: sampled scores with errors, KL, held-out pair accuracy/margin."""
-    scores, _ = evaluate_samples(policy, tokenizer, prompts, world.score, num_samples=args.samples,
-                                 temperature=args.temperature, seed=cfg.seed, reference=reference,
-                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    row = {k: v for k, v in scores.items() if k != "samples"}
-    for name, m in pair_metrics(policy, reference, tokenizer, eval_pairs, PARETO_OBJECTIVES, cfg, device,
-                                args.batch_size).items():
-        row.update({f"pair_accuracy_{name}": m["accuracy"], f"pair_margin_{name}": m["margin"]})
-    return row
+CLIP_KEYS = ("interior", "clip_changed", "cos_cagrad")  # RACO's (and CAGrad's interior) per-step diagnostics
 
 
 def read_json(path):
@@ -54,7 +50,27 @@ def read_json(path):
         return json.load(f)
 
 
-def sweep_point(cfg, tokenizer, reference, eval_pairs, prompts, args, device, inputs_time):
+def evaluate_policy(policy, reference, tokenizer, eval_pairs, prompts, args, cfg, device, names):
+    """Every metric of one policy as one flat row: sampled scores with errors, KL, held-out pair accuracy/margin."""
+    scores, _ = evaluate_samples(policy, tokenizer, prompts, world.score, num_samples=args.samples,
+                                 temperature=args.temperature, seed=cfg.seed, reference=reference,
+                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    row = {k: v for k, v in scores.items() if k != "samples"}
+    for name, m in pair_metrics(policy, reference, tokenizer, eval_pairs, names, cfg, device, args.batch_size).items():
+        row.update({f"pair_accuracy_{name}": m["accuracy"], f"pair_margin_{name}": m["margin"]})
+    return row
+
+
+def run_diagnostics(out, names):
+    """The mean over a run's logged steps of its clip diagnostics and its objectives' gradient cosines."""
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    keys = list(CLIP_KEYS) + [f"cos/{a}-{b}" for i, a in enumerate(names) for b in names[i + 1:]]
+    return {k: sum(line[k] for line in lines if k in line) / sum(k in line for line in lines)
+            for k in keys if any(k in line for line in lines)}
+
+
+def sweep_point(cfg, tokenizer, reference, eval_pairs, prompts, args, device, inputs_time, names):
     """Train one (method, weights, seed) unless an identical run finished after the model and data were last
     written (a rebuilt world keeps its paths), then evaluate it; the evaluation is cached too, so an interrupted
     sweep continues where it stopped. Returns (row, reused)."""
@@ -67,90 +83,140 @@ def sweep_point(cfg, tokenizer, reference, eval_pairs, prompts, args, device, in
     if reused and os.path.isfile(eval_path) and read_json(eval_path)["settings"] == settings:
         return read_json(eval_path)["row"], True
     policy = load_model(os.path.join(cfg.out, "policy"), device)[1]
-    w = [float(x) for x in cfg.weights.split(",")]
-    row = {"method": cfg.method, "w_quality": w[0], "w_conciseness": w[1], "seed": cfg.seed, "steps": cfg.steps,
-           **point_metrics(policy, reference, tokenizer, eval_pairs, prompts, args, cfg, device),
-           "train_s": read_json(summary_path)["seconds"]}
+    row = {"method": cfg.method, "seed": cfg.seed, "steps": cfg.steps,
+           **{f"w_{n}": float(w) for n, w in zip(names, cfg.weights.split(","))},
+           **evaluate_policy(policy, reference, tokenizer, eval_pairs, prompts, args, cfg, device, names),
+           **run_diagnostics(cfg.out, names), "train_s": read_json(summary_path)["seconds"]}
     with open(eval_path, "w") as f:
         json.dump({"settings": settings, "row": row}, f, indent=2)
     return row, reused
 
 
-def run_pareto(args):
-    started = time.time()
-    for key, value in (QUICK if args.quick else FULL).items():
+def weight_grid(text, names, minimum=2):
+    """--sweep: weights of the first objective (two objectives) or colon-separated weight vectors, each summing
+    to 1: a list of at least `minimum` tuples."""
+    try:
+        grid = [tuple(float(x) for x in item.split(":")) for item in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--sweep: expected comma-separated weights, got {text!r}") from None
+    # the values as the runs' --weights spell them (1 - 0.3 is not the float 0.7), so rows match their grid point
+    grid = [tuple(float(f"{x:g}") for x in ((w[0], 1 - w[0]) if len(w) == 1 and len(names) == 2 else w))
+            for w in grid]
+    if len(set(grid)) != len(grid) or len(grid) < minimum or not all(
+            len(w) == len(names) and all(0 < x < 1 for x in w) and abs(sum(w) - 1) < 1e-3 for w in grid):
+        raise UsageError(f"--sweep: expected at least {minimum} distinct weight vectors for {len(names)} objectives, "
+                         f"each in (0, 1) and summing to 1, got {text!r}")
+    return grid
+
+
+def train_config(args, names, **fields):
+    """The train.Config of one run of the sweep; the training flags of pareto.py pass through, `fields` override."""
+    return train.Config(**{**dict(model=args.model, data=args.data, objectives=",".join(names), steps=args.steps,
+                                  lr=args.lr, beta=args.beta, batch_size=args.micro_batch, grad_accum=args.grad_accum,
+                                  solve_per=args.solve_per, eval_prompts=0, device=args.device, save_every=0,
+                                  overwrite=True, log_every=max(1, args.steps // 4)), **fields})
+
+
+def prepare(args, quick=QUICK, full=FULL, minimum=2):
+    """Check the sweep's flags and inputs (the defaults from `quick` or `full`), load the reference model and the
+    held-out data: a dict of what every run shares (frontier.py's too)."""
+    for key, value in (quick if args.quick else full).items():
         setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     methods = [m for m in args.methods.split(",") if m]
     if not methods or any(m not in train.TRAIN_METHODS for m in methods):
         raise UsageError(f"--methods: expected some of {', '.join(train.TRAIN_METHODS)}, got {args.methods!r}")
+    names = args.objectives.split(",")
+    if len(set(names)) != len(names) or not set(names) <= set(world.OBJECTIVES) or len(names) not in (2, 3):
+        raise UsageError(f"--objectives: expected two or three of {', '.join(world.OBJECTIVES)}, got "
+                         f"{args.objectives!r}")
+    if len(names) == 3 and args.sweep in (quick["sweep"], full["sweep"]):
+        args.sweep = THREE
+    grid = weight_grid(args.sweep, names, minimum)
     try:
-        sweep, seeds = [float(w) for w in args.sweep.split(",")], [int(s) for s in args.seeds.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
-        raise UsageError(f"--sweep, --seeds: expected comma-separated numbers, got {args.sweep!r}, {args.seeds!r}") \
-            from None
-    if not all(0 < w < 1 for w in sweep) or len(set(sweep)) != len(sweep) or len(sweep) < 2:
-        raise UsageError(f"--sweep: expected two or more distinct weights of quality in (0, 1), got {args.sweep!r}")
+        raise UsageError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     eval_data = args.data.replace("world_train.jsonl", "world_eval.jsonl")
     for path, found in ((args.model, os.path.isdir(args.model)), (args.data, os.path.isfile(args.data)),
                         (eval_data, os.path.isfile(eval_data))):
         if not found:
-            raise UsageError(f"{path}: not found; the sweep runs on the embedded world (python world.py build)")
+            raise UsageError(f"{path}: not found; the sweep runs on the embedded world (python world_build.py build)")
+    train.check_config(train_config(args, names, out=args.out))
     inputs = [args.data, eval_data] + [os.path.join(args.model, f) for f in os.listdir(args.model)]
     device = pick_device(args.device)
     if device.type == "cpu":  # the world's model is tiny: a second thread saves little, and on a busy machine
         torch.set_num_threads(args.threads)  # threads waiting for each other made every step 5-50x slower
     tokenizer, reference = load_model(args.model, device)
-    eval_pairs, _ = load_pairs(eval_data, "auto", PARETO_OBJECTIVES, tokenizer, limit=args.pairs)
+    eval_pairs, _ = load_pairs(eval_data, "auto", names, tokenizer, limit=args.pairs)
     prompts = world.eval_prompts(args.prompts)
-    base = dict(model=args.model, data=args.data, objectives=",".join(PARETO_OBJECTIVES), steps=args.steps,
-                eval_prompts=0, device=args.device, log_every=max(1, args.steps // 4))  # evaluated here, once
-    rows = [{"method": "reference", "w_quality": math.nan, "w_conciseness": math.nan, "seed": s, "steps": 0,
-             **point_metrics(reference, reference, tokenizer, eval_pairs, prompts, args, train.Config(**base, seed=s),
-                            device),
-             "train_s": 0.0} for s in seeds]  # the same prompts and sampling seeds as each seed's runs
-    runs = [(m, w, s) for s in seeds for m in methods for w in sweep]
+    return dict(methods=methods, names=names, grid=grid, seeds=seeds, device=device, tokenizer=tokenizer,
+                reference=reference, eval_pairs=eval_pairs, prompts=prompts,
+                inputs_time=max(os.path.getmtime(p) for p in inputs), front=world.exact_front(names, prompts))
+
+
+def run_pareto(args):
+    started = time.time()
+    s = prepare(args)
+    names, grid, seeds = s["names"], s["grid"], s["seeds"]
+    rows = [{"method": "reference", "seed": seed, "steps": 0, **{f"w_{n}": math.nan for n in names},
+             **evaluate_policy(s["reference"], s["reference"], s["tokenizer"], s["eval_pairs"], s["prompts"], args,
+                               train_config(args, names, seed=seed), s["device"], names),
+             "train_s": 0.0} for seed in seeds]  # the same prompts and sampling seeds as each seed's runs
+    runs = [(m, w, seed) for seed in seeds for m in s["methods"] for w in grid]
     for k, (method, w, seed) in enumerate(runs, 1):
-        cfg = train.Config(**base, method=method, weights=f"{w:g},{1 - w:g}", seed=seed,
-                           out=os.path.join(args.out, "runs", f"{method}-w{w:g}-s{seed}"))
+        tag = "-".join(f"{x:g}" for x in w)
+        cfg = train_config(args, names, method=method, weights=",".join(f"{x:g}" for x in w), seed=seed,
+                           out=os.path.join(args.out, "runs", f"{method}-w{tag}-s{seed}"))
         run_started = time.time()
-        row, reused = sweep_point(cfg, tokenizer, reference, eval_pairs, prompts, args, device,
-                                  max(os.path.getmtime(p) for p in inputs))
+        row, reused = sweep_point(cfg, s["tokenizer"], s["reference"], s["eval_pairs"], s["prompts"], args,
+                                  s["device"], s["inputs_time"], names)
         rows.append(row)
-        print(f"\n[{k}/{len(runs)}] {method} w=({w:g}, {1 - w:g}) seed {seed}: quality {row['quality']:.3f} "
-              f"conciseness {row['conciseness']:.3f} kl {row['kl']:.3f} "
+        print(f"\n[{k}/{len(runs)}] {method} w=({tag}) seed {seed}: "
+              + " ".join(f"{n} {row[n]:.3f}" for n in names) + f" kl {row['kl']:.3f} "
               f"({'reused' if reused else f'{time.time() - run_started:.0f} s'})", flush=True)
-    stats = analyse(rows, methods, sweep, seeds)
-    print(write_report(rows, stats, methods, sweep, seeds, args))
-    plot_fronts(rows, stats, methods, sweep, os.path.join(args.out, "pareto.png"))
+    stats = analyse(rows, s["methods"], names, grid, seeds, s["front"])
+    print(write_report(rows, stats, s["methods"], names, grid, seeds, s["front"], args))
+    plot_fronts(rows, stats, s["methods"], names, grid, s["front"], os.path.join(args.out, "pareto.png"))
+    if "raco" in s["methods"]:
+        plot_clip(rows, names, grid, os.path.join(args.out, "clip.png"))
     print(f"sweep done in {time.time() - started:.0f} s: {args.out}/pareto.csv, pareto.md, pareto.png")
     return rows, stats
 
 
-def front_points(rows, method, seed, sweep):
-    """(quality, conciseness) of one method and seed, in sweep order."""
-    by_weight = {r["w_quality"]: (r["quality"], r["conciseness"])
-                 for r in rows if (r["method"], r["seed"]) == (method, seed)}
-    return [by_weight[w] for w in sweep]
+def exact_hypervolume(front, names):
+    """The hypervolume of the exact front from 0: the area under its two varying objectives' polyline, times the
+    value of a third objective that is constant along it (faithfulness: 1)."""
+    varying = [i for i in range(len(names)) if len({v[i] for v in front}) > 1] or [0, 1]
+    constant = [front[0][i] for i in range(len(names)) if i not in varying]
+    return front_hypervolume_2d([(v[varying[0]], v[varying[1]]) for v in front], (0.0, 0.0)) * math.prod(constant)
 
 
-def analyse(rows, methods, sweep, seeds):
-    """Per method, lists over seeds: hypervolume (reference point HV_REFERENCE) and weight fidelity of both
-    objectives; per pair of methods (a, b), the fraction of a's points dominated by b's front."""
-    stats = {"hypervolume": {}, "fidelity_quality": {}, "fidelity_conciseness": {}, "dominated": {}}
-    fronts = {(m, s): front_points(rows, m, s, sweep) for m in methods for s in seeds}
+def analyse(rows, methods, names, grid, seeds, front):
+    """Per method, lists over seeds: hypervolume from 0 (exact), its share of the exact front's, the mean gain
+    towards the exact front along (1, 1) in the first two objectives, weight fidelity per objective; per pair of
+    methods (a, b), the fraction of a's points dominated by b's front."""
+    exact = exact_hypervolume(front, names)
+    plane = [(v[0], v[1]) for v in front]  # the first two objectives' front (with three: where faithfulness is 1)
+    points = {(m, seed): [next(tuple(r[n] for n in names) for r in rows if (r["method"], r["seed"]) == (m, seed)
+                               and tuple(r[f"w_{n}"] for n in names) == w) for w in grid]
+              for m in methods for seed in seeds}
+    hypervolume = hypervolume_2d if len(names) == 2 else hypervolume_3d
+    stats = {"hypervolume": {}, "share": {}, "gain": {}, "dominated": {}, "exact": exact,
+             **{f"fidelity_{n}": {} for n in names}}
     for m in methods:
-        stats["hypervolume"][m] = [hypervolume_2d(fronts[m, s], HV_REFERENCE) for s in seeds]
-        stats["fidelity_quality"][m] = [spearman(sweep, [q for q, _ in fronts[m, s]]) for s in seeds]
-        stats["fidelity_conciseness"][m] = [spearman([1 - w for w in sweep], [c for _, c in fronts[m, s]])
-                                            for s in seeds]
+        stats["hypervolume"][m] = [hypervolume(points[m, s], (0.0,) * len(names)) for s in seeds]
+        stats["share"][m] = [h / exact for h in stats["hypervolume"][m]]
+        stats["gain"][m] = [sum(front_gain_2d(p[:2], plane) for p in points[m, s]) / len(grid) for s in seeds]
+        for i, n in enumerate(names):
+            stats[f"fidelity_{n}"][m] = [spearman([w[i] for w in grid], [p[i] for p in points[m, s]]) for s in seeds]
         for b in methods:
-            stats["dominated"][m, b] = [fraction_dominated(fronts[m, s], fronts[b, s]) for s in seeds]
+            stats["dominated"][m, b] = [fraction_dominated(points[m, s], points[b, s]) for s in seeds]
     return stats
 
 
-def fmt(values):
+def fmt(values, digits=3):
     mean, std = mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def verdict(stats, a, b, n_seeds):
@@ -164,66 +230,118 @@ def verdict(stats, a, b, n_seeds):
             f"{n_seeds} seeds{'' if wins == n_seeds else ': not a consistent domination on this world'}.**")
 
 
-def write_report(rows, stats, methods, sweep, seeds, args):
-    """pareto.csv (every row), pareto.md (the summary, the verdict, every point); returns the Markdown."""
+def write_report(rows, stats, methods, names, grid, seeds, front, args):
+    """pareto.csv (every row), pareto.md (the summary, the verdict, the clip, every point); returns the Markdown."""
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "pareto.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     spread = "mean ± std over seeds" if len(seeds) > 1 else "one seed"
-    lines = ["# Pareto sweep on the embedded world: quality vs conciseness", "",
-             f"{len(methods)} methods x {len(sweep)} weights x {len(seeds)} seeds, {args.steps} steps each; "
-             f"{args.prompts} held-out prompts x {args.samples} samples at temperature {args.temperature}; {spread}. "
-             f"Hypervolume: reference point (quality, conciseness) = {HV_REFERENCE}. Fidelity: Spearman correlation "
-             "across the sweep between an objective's weight and its score (1: the scores follow the weights' order; "
-             "nan: the scores do not change with the weights).", "",
-             "| method | hypervolume | fidelity quality | fidelity conciseness | KL, mean over the sweep |",
-             "|---|---|---|---|---|"]
+    regime = (f"{args.steps} steps of {args.micro_batch} x {args.grad_accum} pairs, lr {args.lr:g}, beta "
+              f"{args.beta:g}, dual solved per {args.solve_per}")
+    lines = [f"# Pareto sweep on the embedded world: {' vs '.join(names)}", "",
+             f"{len(methods)} methods x {len(grid)} weights x {len(seeds)} seeds, {regime}; {args.prompts} held-out "
+             f"prompts x {args.samples} samples at temperature {args.temperature}; {spread}. Hypervolume: from 0, "
+             f"exact ({len(names)}-D); the world's exact front (world.exact_front, mixtures allowed) has "
+             f"{stats['exact']:.4f}. Gain: how much of both {names[0]} and {names[1]} a point could still add and stay achievable, the "
+             "mean over the sweep's points. Fidelity: Spearman correlation across the sweep between an objective's "
+             "weight and its score (1: the scores follow the weights' order).", "",
+             "| method | hypervolume | share of exact | gain to the front | "
+             + " | ".join(f"fidelity {n}" for n in names) + " | KL, mean over the sweep |", "|---" * (5 + len(names))
+             + "|"]
     for m in methods:
-        kl = [sum(r["kl"] for r in rows if (r["method"], r["seed"]) == (m, s)) / len(sweep) for s in seeds]
-        lines.append(f"| {m} | {fmt(stats['hypervolume'][m])} | {fmt(stats['fidelity_quality'][m])} | "
-                     f"{fmt(stats['fidelity_conciseness'][m])} | {fmt(kl)} |")
+        kl = [sum(r["kl"] for r in rows if (r["method"], r["seed"]) == (m, s)) / len(grid) for s in seeds]
+        lines.append(f"| {m} | {fmt(stats['hypervolume'][m])} | {fmt(stats['share'][m])} | "
+                     f"{fmt(stats['gain'][m])} | " + " | ".join(fmt(stats[f"fidelity_{n}"][m]) for n in names)
+                     + f" | {fmt(kl, 2)} |")
     ref = [r for r in rows if r["method"] == "reference"]
-    lines += ["", f"Reference model: quality {fmt([r['quality'] for r in ref])}, conciseness "
-                  f"{fmt([r['conciseness'] for r in ref])}.", "", "## Does RACO's front dominate?", ""]
+    gain = [front_gain_2d((r[names[0]], r[names[1]]), [v[:2] for v in front]) for r in ref]
+    lines += ["", "Reference model: " + ", ".join(f"{n} {fmt([r[n] for r in ref])}" for n in names)
+              + f"; gain to the front {fmt(gain)}.", "", "## Does RACO's front dominate?", ""]
     lines += [verdict(stats, "raco", b, len(seeds)) for b in ("lw", "cagrad") if {"raco", b} <= set(methods)]
-    keys = ["quality", "conciseness", "faithfulness", "well_formed", "words", "kl", "pair_accuracy_quality",
-            "pair_accuracy_conciseness"]
-    lines += ["", f"## Every point ({spread})", "", "| method | w_quality | " + " | ".join(keys) + " |",
+    clip = [m for m in ("cagrad", "raco") if m in methods]
+    if clip:
+        lines += ["", "## When the clip matters", "", "Fractions of steps, means over each run's steps, then over "
+                  "seeds: how often the dual is interior (not a vertex), how often the clip changes RACO's direction, "
+                  "the cosine between RACO's and CAGrad's directions on the same gradients, and between the "
+                  "objectives' gradients.", "",
+                  "| method | " + " | ".join(f"w = {':'.join(f'{x:g}' for x in w)}" for w in grid) + " |",
+                  "|---" * (1 + len(grid)) + "|"]
+        for m in clip:
+            for key in CLIP_KEYS + (f"cos/{names[0]}-{names[1]}",):
+                cells = [[r[key] for r in rows if r["method"] == m and key in r
+                          and tuple(r[f"w_{n}"] for n in names) == w] for w in grid]
+                if all(cells):
+                    lines.append(f"| {m}: {key} | " + " | ".join(fmt(c) for c in cells) + " |")
+    keys = list(names) + [n for n in world.OBJECTIVES if n not in names] + ["well_formed", "words", "kl"] \
+        + [f"pair_accuracy_{n}" for n in names]
+    lines += ["", f"## Every point ({spread})", "", "| method | weights | " + " | ".join(keys) + " |",
               "|---" * (len(keys) + 2) + "|"]
     for m in methods:
-        for w in sweep:
-            sel = [r for r in rows if (r["method"], r["w_quality"]) == (m, w)]
-            lines.append(f"| {m} | {w:g} | " + " | ".join(fmt([r[k] for r in sel]) for k in keys) + " |")
+        for w in grid:
+            sel = [r for r in rows if r["method"] == m and tuple(r[f"w_{n}"] for n in names) == w]
+            lines.append(f"| {m} | {':'.join(f'{x:g}' for x in w)} | " + " | ".join(fmt([r[k] for r in sel])
+                                                                               for k in keys) + " |")
     with open(os.path.join(args.out, "pareto.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return "\n".join(lines)
 
 
-def plot_fronts(rows, stats, methods, sweep, path):
-    """Each method's front in objective space: mean over seeds, std bars, points labelled by the weight of quality."""
+def plot_fronts(rows, stats, methods, names, grid, front, path):
+    """Each method's front in the first two objectives (mean over seeds, std bars, points labelled by their
+    weights), the reference model and the world's exact front."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    x, y = names[0], names[1]
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    ax.plot(*zip(*[(v[0], v[1]) for v in front]), "k-", lw=2.5, label=f"exact front (hypervolume {stats['exact']:.3f})")
     for m in methods:
-        points = [[r for r in rows if (r["method"], r["w_quality"]) == (m, w)] for w in sweep]
-        q, q_std = zip(*[mean_std([r["quality"] for r in p]) for p in points])
-        c, c_std = zip(*[mean_std([r["conciseness"] for r in p]) for p in points])
-        line = ax.errorbar(q, c, xerr=q_std, yerr=c_std, marker="o", ms=4, capsize=2, lw=1.2,
-                           label=f"{m} (hypervolume {fmt(stats['hypervolume'][m])})")
-        for w, x, y in zip(sweep, q, c):
-            ax.annotate(f"{w:g}", (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6,
-                        color=line[0].get_color())
+        points = [[r for r in rows if r["method"] == m and tuple(r[f"w_{n}"] for n in names) == w] for w in grid]
+        xs, x_std = zip(*[mean_std([r[x] for r in p]) for p in points])
+        ys, y_std = zip(*[mean_std([r[y] for r in p]) for p in points])
+        line = ax.errorbar(xs, ys, xerr=x_std, yerr=y_std, marker="o", ms=4, capsize=2, lw=1.2,
+                           label=f"{m} (hypervolume {fmt(stats['hypervolume'][m])}, {fmt(stats['share'][m], 2)} of "
+                                 "exact)")
+        for w, a, b in zip(grid, xs, ys):
+            ax.annotate(":".join(f"{v:g}" for v in w), (a, b), xytext=(3, 3), textcoords="offset points",
+                        fontsize=6, color=line[0].get_color())
     ref = [r for r in rows if r["method"] == "reference"]
-    ax.plot(mean_std([r["quality"] for r in ref])[0], mean_std([r["conciseness"] for r in ref])[0], "k*", ms=14,
-            label="reference model")
-    ax.set(xlabel="quality (exact score of samples)", ylabel="conciseness (exact score of samples)")
-    ax.set_title(f"Fronts over the weight sweep: labels = weight of quality; bars = std over seeds; hypervolume "
-                 f"from {HV_REFERENCE}", fontsize=8)
+    ax.plot(mean_std([r[x] for r in ref])[0], mean_std([r[y] for r in ref])[0], "k*", ms=14, label="reference model")
+    ax.set(xlabel=f"{x} (exact score of samples)", ylabel=f"{y} (exact score of samples)", xlim=(0, 1.02),
+           ylim=(0, 0.8))
+    ax.set_title("Fronts over the weight sweep (labels: weights; bars: std over seeds) and the world's exact front"
+                 + (f"; projection of {len(names)} objectives" if len(names) > 2 else ""), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_clip(rows, names, grid, path):
+    """RACO's clip diagnostics against the weights: mean over seeds, std bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = [("interior", "dual interior (fraction of steps)"), ("clip_changed", "clip changes d (fraction)"),
+            ("cos_cagrad", "cos(RACO's d, CAGrad's d)"), (f"cos/{names[0]}-{names[1]}",
+                                                          f"cos(g_{names[0]}, g_{names[1]})")]
+    ticks = list(range(len(grid)))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for key, label in keys:
+        values = [[r[key] for r in rows if r["method"] == "raco" and key in r
+                   and tuple(r[f"w_{n}"] for n in names) == w] for w in grid]
+        if all(values):
+            mean, std = zip(*[mean_std(v) for v in values])
+            ax.errorbar(ticks, mean, yerr=std, marker="o", capsize=3, label=label)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(ticks, [":".join(f"{v:g}" for v in w) for w in grid], fontsize=7)
+    ax.set(xlabel=f"weights ({':'.join(names)})", ylim=(-1.05, 1.05),
+           title="When the clip matters: RACO's runs, means over each run's steps and over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -232,13 +350,20 @@ def plot_fronts(rows, stats, methods, sweep, path):
 # ----------------------------------------------------------------------------- command line
 
 
-def parse_args(argv=None):
-    p = OneLineParser(description=__doc__.split("\n\n")[0])  # defaults stated in each help (some depend on --quick)
-    p.add_argument("--quick", action="store_true", help="the sweep in miniature")
+def add_arguments(p):
+    """The flags the sweep and the frontier command share."""
+    p.add_argument("--quick", action="store_true", help="in miniature")
     p.add_argument("--methods", help=f"methods (default: {FULL['methods']})")
-    p.add_argument("--sweep", help=f"weights of quality (default: {FULL['sweep']}; quick {QUICK['sweep']})")
+    p.add_argument("--objectives", default="quality,conciseness", help="two or three of the world's objectives "
+                                                                       "(default: %(default)s)")
     p.add_argument("--seeds", help=f"training seeds (default: {FULL['seeds']}; quick {QUICK['seeds']})")
     p.add_argument("--steps", type=int, help=f"steps per run (default: {FULL['steps']}; quick {QUICK['steps']})")
+    p.add_argument("--lr", type=float, default=train.Config.lr, help="learning rate (default: %(default)s)")
+    p.add_argument("--beta", type=float, default=train.Config.beta, help="DPO temperature (default: %(default)s)")
+    p.add_argument("--micro-batch", type=int, default=train.Config.batch_size, help="pairs per micro-batch "
+                                                                                    "(default: %(default)s)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default: %(default)s)")
+    p.add_argument("--solve-per", default="step", help="step | micro_batch (default: %(default)s)")
     p.add_argument("--model", default=train.Config.model, help="the reference model (default: %(default)s)")
     p.add_argument("--data", default=train.Config.data, help="training pairs (default: %(default)s; the held-out "
                                                              "pairs are world_eval.jsonl beside it)")
@@ -251,18 +376,28 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: %(default)s, "
                                                                    "the paper's)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per sample at most (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="pairs or prompts per forward or generate call "
-                                                              "(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs or prompts per evaluation forward or generate "
+                                                              "call (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
-    p.add_argument("--out", default="out/pareto", help="the sweep's directory (default: %(default)s)")
-    args = p.parse_args(argv)
+
+
+def check_arguments(args):
     for name in ("pairs", "prompts", "samples", "steps", "batch_size", "max_new_tokens", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     if not 0 < args.temperature < math.inf:
         raise UsageError(f"--temperature: expected a positive finite number, got {args.temperature}")
     return args
+
+
+def parse_args(argv=None):
+    p = OneLineParser(description=__doc__.split("\n\n")[0])  # defaults stated in each help (some depend on --quick)
+    add_arguments(p)
+    p.add_argument("--sweep", help=f"weights: of the first objective, or colon-separated vectors (default: "
+                                   f"{FULL['sweep']}; quick {QUICK['sweep']}; three objectives {THREE})")
+    p.add_argument("--out", default="out/pareto", help="the sweep's directory (default: %(default)s)")
+    return check_arguments(p.parse_args(argv))
 
 
 def main(argv=None):

@@ -9,7 +9,8 @@ import pytest
 
 import pareto
 import train
-from metrics import hypervolume_2d
+import world
+from metrics import front_gain_2d, hypervolume_2d, hypervolume_3d
 
 
 @pytest.mark.slow
@@ -32,30 +33,64 @@ def test_pareto_sweep_writes_every_row_table_and_figure_and_reuses_runs(tiny_wor
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "pareto.md").read_text()
     assert "| lw |" in report and "| raco |" in report and "**raco vs lw**" in report
-    assert "reference point (quality, conciseness) = (0.0, 0.0)" in report
+    front = world.exact_front(["quality", "conciseness"], world.eval_prompts(3))  # the sweep's 3 prompts
+    exact = pareto.exact_hypervolume(front, ["quality", "conciseness"])
+    assert exact > 0.6 and f"the world's exact front (world.exact_front, mixtures allowed) has {exact:.4f}" in report
     for s, seed in enumerate((0, 1)):  # the statistics are those of the rows
         points = [(r["quality"], r["conciseness"]) for r in rows if (r["method"], r["seed"]) == ("raco", seed)]
         assert stats["hypervolume"]["raco"][s] == pytest.approx(hypervolume_2d(points, (0, 0)))
-    mtime = os.path.getmtime(out / "runs" / "raco-w0.2-s1" / "summary.json")
+        assert stats["share"]["raco"][s] == pytest.approx(stats["hypervolume"]["raco"][s] / exact)
+        assert stats["gain"]["raco"][s] == pytest.approx(sum(front_gain_2d(p, front) for p in points) / 2)
+        assert stats["gain"]["raco"][s] > 0  # an untrained-ish model is well inside the exact front
+    mtime = os.path.getmtime(out / "runs" / "raco-w0.2-0.8-s1" / "summary.json")
     capsys.readouterr()
     again, _ = pareto.main(flags)  # an interrupted or repeated sweep trains nothing twice
     assert "reused" in capsys.readouterr().out and json.dumps(again) == json.dumps(rows)
-    assert os.path.getmtime(out / "runs" / "raco-w0.2-s1" / "summary.json") == mtime
+    assert os.path.getmtime(out / "runs" / "raco-w0.2-0.8-s1" / "summary.json") == mtime
     later = time.time()  # the world rebuilt at the same path after the runs: they are stale
     os.utime(os.path.join(tiny_world["model"], "config.json"), (later, later))
     pareto.main(flags)
     assert "reused" not in capsys.readouterr().out
-    assert os.path.getmtime(out / "runs" / "raco-w0.2-s1" / "summary.json") > mtime
+    assert os.path.getmtime(out / "runs" / "raco-w0.2-0.8-s1" / "summary.json") > mtime
 
 
+
+
+@pytest.mark.slow
+def test_three_objectives_use_the_exact_3d_hypervolume(tiny_world, tmp_path):
+    names = ["quality", "conciseness", "faithfulness"]
+    rows, stats = pareto.main(["--quick", "--model", tiny_world["model"], "--data", tiny_world["train"], "--methods",
+                               "lw,raco", "--objectives", ",".join(names), "--sweep", "0.6:0.2:0.2,0.2:0.2:0.6",
+                               "--steps", "2", "--prompts", "3", "--samples", "2", "--pairs", "12",
+                               "--max-new-tokens", "12", "--out", str(tmp_path / "three")])
+    points = [tuple(r[n] for n in names) for r in rows if r["method"] == "lw"]
+    assert [r["w_faithfulness"] for r in rows if r["method"] == "lw"] == [0.2, 0.6]
+    assert stats["hypervolume"]["lw"] == [pytest.approx(hypervolume_3d(points, (0, 0, 0)))]
+    # faithfulness is 1 all along the exact front, so its 3-D hypervolume is the 2-D one
+    two = pareto.exact_hypervolume(world.exact_front(names[:2], world.eval_prompts(3)), names[:2])
+    assert stats["exact"] == pytest.approx(two)
+    assert "# Pareto sweep on the embedded world: quality vs conciseness vs faithfulness" in \
+        (tmp_path / "three" / "pareto.md").read_text()
+
+
+def test_weight_grids():
+    assert pareto.weight_grid("0.3,0.7", ["a", "b"]) == [(0.3, 0.7), (0.7, 0.3)]  # 1 - 0.3 spelled as 0.7
+    assert pareto.weight_grid("0.5:0.25:0.25,0.2:0.2:0.6", ["a", "b", "c"]) == [(0.5, 0.25, 0.25), (0.2, 0.2, 0.6)]
+    for bad in ("0.3", "0.3,0.3", "0.5:0.5,0.2:0.8", "0.6:0.2:0.3,0.2:0.2:0.6", "a,b"):
+        with pytest.raises(train.UsageError, match="^--sweep: expected"):
+            pareto.weight_grid(bad, ["a", "b"] if ":" not in bad else ["a", "b", "c"])
 
 
 BAD_INPUTS = [
     (["--methods", "lw,adam"], "--methods: expected some of lw, cagrad, raco, mgda, pcgrad, amopo, got 'lw,adam'"),
-    (["--sweep", "0,1"], "--sweep: expected two or more distinct weights of quality in (0, 1), got '0,1'"),
-    (["--seeds", "a"], "--sweep, --seeds: expected comma-separated numbers, got '0.1,0.3,0.5,0.7,0.9', 'a'"),
+    (["--sweep", "0,1"], "--sweep: expected at least 2 distinct weight vectors for 2 objectives, each in (0, 1) and "
+                         "summing to 1, got '0,1'"),
+    (["--seeds", "a"], "--seeds: expected comma-separated integers, got 'a'"),
+    (["--objectives", "quality,kindness"], "--objectives: expected two or three of quality, conciseness, "
+                                           "faithfulness, got 'quality,kindness'"),
+    (["--lr", "-1"], "--lr: invalid value -1.0 (see --help)"),
     (["--model", "no/such/model"], "no/such/model: not found; the sweep runs on the embedded world "
-                                   "(python world.py build)"),
+                                   "(python world_build.py build)"),
     (["--temperature", "0"], "--temperature: expected a positive finite number, got 0.0"),
     (["--steps", "0"], "--steps: expected a positive integer, got 0"),
     (["--colour"], "unrecognized arguments: --colour"),

@@ -1,0 +1,214 @@
+"""Score against KL on the embedded world: each method's frontier, and who is ahead at matched KL.
+
+    python frontier.py              # 6 methods x 3 learning rates x 3 weights x 3 seeds, scored 4 times per run
+    python frontier.py --quick      # lw, cagrad, raco; 2 learning rates; one weight; one seed (a few minutes)
+
+CAGrad's and RACO's step is d = g0 + c ||g0|| G~/||G~||, longer than DPO-LW's g0, so at one learning rate they move
+further from the reference, and scores at unequal KL(pi || pi_ref) do not compare methods. The DPO paper's answer
+(its Figure 2) is the reward-versus-KL frontier, used here for several objectives: every method trains at several
+learning rates; every run is scored at checkpoints along the way (exact scores of samples at temperature 0.6; KL
+from temperature-1 samples, as eval.py measures them); and a method's frontier at weights w is the best weighted
+score w . scores it reached at KL at most k, f(k) = max{score_i : KL_i <= k}, the reference model counting as a
+point at KL 0. Two methods are compared at matched KL: f_a(k) - f_b(k) on a grid of KL values that every seed of
+both reached, mean and standard error over seeds. A method is better if its frontier is higher at every KL.
+"""
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+
+import pareto
+import train
+from checkpoint import checkpoints
+from metrics import mean_se
+from policy import load_model
+from train import OneLineParser, UsageError, run_command
+
+QUICK = dict(methods="lw,cagrad,raco", lrs="5e-4,1e-3", sweep="0.5", seeds="0", steps=40, prompts=32, samples=2,
+             pairs=64, points=2)
+FULL = dict(methods=",".join(train.TRAIN_METHODS), lrs="2.5e-4,5e-4,1e-3", sweep="0.2,0.5,0.8", seeds="0,1,2",
+            steps=100, prompts=64, samples=4, pairs=256, points=4)
+KL_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # where frontiers are compared, within what both methods reached
+
+
+def run_points(cfg, shared, args, names):
+    """Train one run, keeping a checkpoint every steps / points steps, unless an identical run finished after the
+    model and data were written; score every checkpoint (cached in the run's frontier.json). Returns one row per
+    checkpoint: step, KL and the scores."""
+    cache = os.path.join(cfg.out, "frontier.json")
+    summary = os.path.join(cfg.out, "summary.json")
+    settings = {k: getattr(args, k) for k in ("prompts", "samples", "temperature", "pairs", "max_new_tokens")}
+    reused = os.path.isfile(summary) and os.path.getmtime(summary) > shared["inputs_time"] \
+        and pareto.read_json(summary)["config"] == dataclasses.asdict(cfg)
+    if reused and os.path.isfile(cache) and pareto.read_json(cache)["settings"] == settings:
+        return pareto.read_json(cache)["rows"], True
+    if not reused:
+        train.main(cfg)
+    rows = []
+    for path in checkpoints(cfg.out):
+        policy = load_model(os.path.join(path, "policy"), shared["device"])[1]
+        rows.append({"method": cfg.method, "lr": cfg.lr, "seed": cfg.seed, "step": int(path.rsplit("-", 1)[1]),
+                     **{f"w_{n}": float(w) for n, w in zip(names, cfg.weights.split(","))},
+                     **pareto.evaluate_policy(policy, shared["reference"], shared["tokenizer"], shared["eval_pairs"],
+                                              shared["prompts"], args, cfg, shared["device"], names)})
+    with open(cache, "w") as f:
+        json.dump({"settings": settings, "rows": rows}, f, indent=2)
+    return rows, reused
+
+
+def run_frontier(args):
+    started = time.time()
+    shared = pareto.prepare(args, QUICK, FULL, minimum=1)
+    names, grid, seeds = shared["names"], shared["grid"], shared["seeds"]
+    try:
+        lrs = [float(x) for x in args.lrs.split(",")]
+    except ValueError:
+        raise UsageError(f"--lrs: expected comma-separated learning rates, got {args.lrs!r}") from None
+    if not lrs or not all(0 < lr < math.inf for lr in lrs) or not 1 <= args.points <= args.steps:
+        raise UsageError(f"--lrs, --points: expected positive learning rates and 1 <= points <= steps, got "
+                         f"{args.lrs!r}, {args.points}")
+    rows = [{"method": "reference", "lr": 0.0, "seed": seed, "step": 0,
+             **pareto.evaluate_policy(shared["reference"], shared["reference"], shared["tokenizer"],
+                                      shared["eval_pairs"], shared["prompts"], args,
+                                      pareto.train_config(args, names, seed=seed), shared["device"], names)}
+            for seed in seeds]
+    runs = [(m, w, lr, seed) for seed in seeds for m in shared["methods"] for w in grid for lr in lrs]
+    for k, (method, w, lr, seed) in enumerate(runs, 1):
+        tag = "-".join(f"{x:g}" for x in w)
+        cfg = pareto.train_config(args, names, method=method, weights=",".join(f"{x:g}" for x in w), seed=seed,
+                                  lr=lr, save_every=max(1, args.steps // args.points), keep_checkpoints=args.points,
+                                  out=os.path.join(args.out, "runs", f"{method}-w{tag}-lr{lr:g}-s{seed}"))
+        run_started = time.time()
+        points, reused = run_points(cfg, shared, args, names)
+        rows += points
+        print(f"\n[{k}/{len(runs)}] {method} w=({tag}) lr {lr:g} seed {seed}: kl "
+              + ", ".join(f"{p['kl']:.2f}" for p in points)
+              + f" ({'reused' if reused else f'{time.time() - run_started:.0f} s'})", flush=True)
+    report = write_report(rows, shared, lrs, args)
+    print(report)
+    plot_frontiers(rows, shared, os.path.join(args.out, "frontier.png"))
+    print(f"frontier done in {time.time() - started:.0f} s: {args.out}/frontier.csv, frontier.md, frontier.png")
+    return rows
+
+
+def weighted(row, w, names):
+    return sum(x * row[n] for x, n in zip(w, names))
+
+
+def frontier(rows, method, w, seed, names):
+    """The method's points at weights w and this seed, plus the reference at KL 0: a function k -> the row with the
+    best weighted score among those with KL <= k (None below every point)."""
+    points = [r for r in rows if r["seed"] == seed and (r["method"] == "reference" or (
+        r["method"] == method and tuple(r[f"w_{n}"] for n in names) == w))]
+
+    def best(k):
+        reached = [r for r in points if r["kl"] <= k]
+        return max(reached, key=lambda r: weighted(r, w, names)) if reached else None
+    return best, max(r["kl"] for r in points)
+
+
+def compare(rows, a, b, w, seeds, names):
+    """At each KL of KL_GRID that every seed of both methods reached: (k, mean and standard error over seeds of
+    f_a(k) - f_b(k)). The reference at KL 0 belongs to both, so both frontiers start at the same point."""
+    fronts = {(m, s): frontier(rows, m, w, s, names) for m in (a, b) for s in seeds}
+    reach = min(fronts[key][1] for key in fronts)
+    out = []
+    for k in (k for k in KL_GRID if k <= reach):
+        diffs = [weighted(fronts[a, s][0](k), w, names) - weighted(fronts[b, s][0](k), w, names) for s in seeds]
+        out.append((k, *mean_se(diffs)))
+    return out
+
+
+def write_report(rows, shared, lrs, args):
+    """frontier.csv (every scored checkpoint), frontier.md (the matched-KL comparisons); returns the Markdown."""
+    names, grid, seeds, methods = shared["names"], shared["grid"], shared["seeds"], shared["methods"]
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "frontier.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# Score against KL on the embedded world: {' vs '.join(names)}", "",
+             f"{len(methods)} methods x {len(lrs)} learning rates ({', '.join(f'{lr:g}' for lr in lrs)}) x "
+             f"{len(grid)} weights x {len(seeds)} seeds, {args.steps} steps of {args.micro_batch} x {args.grad_accum} "
+             f"pairs, beta {args.beta:g}, scored after every {max(1, args.steps // args.points)} steps; "
+             f"{args.prompts} held-out prompts x {args.samples} samples. A frontier f(k) is the best weighted score "
+             "at KL <= k over all of a method's learning rates and checkpoints; a cell is f_a(k) - f_b(k), mean ± "
+             "standard error over seeds, at KL values every seed of both methods reached (so the columns differ).", ""]
+    pairs = [(a, b) for a, b in [("raco", b) for b in methods if b != "raco"] + [("cagrad", "lw")]
+             if {a, b} <= set(methods)]
+    for w in grid:
+        label = ":".join(f"{x:g}" for x in w)
+        lines += [f"## Weights {label}", "", "| comparison | " + " | ".join(f"KL {k:g}" for k in KL_GRID) + " |",
+                  "|---" * (len(KL_GRID) + 1) + "|"]
+        for a, b in pairs:
+            cells = {k: f"{mean:+.3f} ± {se:.3f}" if len(seeds) > 1 else f"{mean:+.3f}"
+                     for k, mean, se in compare(rows, a, b, w, seeds, names)}
+            lines.append(f"| {a} - {b} | " + " | ".join(cells.get(k, "-") for k in KL_GRID) + " |")
+        reach = {m: min(frontier(rows, m, w, s, names)[1] for s in seeds) for m in methods}
+        lines += ["", "Largest KL every seed reached: " + ", ".join(f"{m} {k:.2f}" for m, k in reach.items()) + ".",
+                  ""]
+    with open(os.path.join(args.out, "frontier.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def plot_frontiers(rows, shared, path):
+    """Rows: the weighted score, then each objective, against KL; columns: the weights. Dots: every scored
+    checkpoint; lines: each method's frontier, mean over seeds with a standard-error band (its objectives' values are
+    those of the frontier's points)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names, grid, seeds, methods = shared["names"], shared["grid"], shared["seeds"], shared["methods"]
+    panels = ["weighted"] + list(names)
+    fig, axes = plt.subplots(len(panels), len(grid), figsize=(4.5 * len(grid), 3.2 * len(panels)), squeeze=False)
+    colours = dict(zip(train.TRAIN_METHODS, ("tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple",
+                                             "tab:brown")))
+    for col, w in enumerate(grid):
+        for m in methods:
+            mine = [r for r in rows if r["method"] == m and tuple(r[f"w_{n}"] for n in names) == w]
+            fronts = [frontier(rows, m, w, s, names) for s in seeds]
+            ks = [k for k in sorted({0.0, *(r["kl"] for r in mine if r["kl"] > 0)}) if k <= min(f[1] for f in fronts)]
+            for row, panel in enumerate(panels):
+                value = (lambda r: weighted(r, w, names)) if panel == "weighted" else (lambda r: r[panel])
+                axes[row, col].plot([r["kl"] for r in mine], [value(r) for r in mine], ".", color=colours[m],
+                                    alpha=0.25, ms=4)
+                stats = [mean_se([value(f[0](k)) for f in fronts]) for k in ks]
+                mean = [s[0] for s in stats]
+                se = [0.0 if math.isnan(s[1]) else s[1] for s in stats]
+                axes[row, col].step(ks, mean, where="post", color=colours[m], label=m)
+                axes[row, col].fill_between(ks, [a - b for a, b in zip(mean, se)], [a + b for a, b in zip(mean, se)],
+                                            step="post", color=colours[m], alpha=0.15)
+        for row, panel in enumerate(panels):
+            axes[row, col].set(xscale="symlog", xlabel="KL(policy || reference)",
+                               ylabel=f"{panel} score" if panel != "weighted" else "weighted score")
+            axes[row, col].grid(alpha=0.3)
+        axes[0, col].set_title(f"weights {':'.join(f'{x:g}' for x in w)}")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Frontiers: the best weighted score at KL <= k (lines: mean over seeds, band: standard error; "
+                 "dots: every scored checkpoint)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
+    pareto.add_arguments(p)
+    p.add_argument("--lrs", help=f"learning rates (default: {FULL['lrs']}; quick {QUICK['lrs']})")
+    p.add_argument("--sweep", help=f"weights: of the first objective, or colon-separated vectors (default: "
+                                   f"{FULL['sweep']}; quick {QUICK['sweep']})")
+    p.add_argument("--points", type=int, help=f"checkpoints scored per run (default: {FULL['points']}; quick "
+                                              f"{QUICK['points']})")
+    p.add_argument("--out", default="out/frontier", help="the frontier's directory (default: %(default)s)")
+    return pareto.check_arguments(p.parse_args(argv))
+
+
+def main(argv=None):
+    return run_frontier(parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_command(main)
