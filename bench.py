@@ -1,15 +1,25 @@
 """Benchmarks, each printed as measurements side by side from one run (these machines are noisy).
 
-    python bench.py                # solver time per call, RACO step vs one backward, log-prob memory (GPU only)
+    python bench.py                  # everything this machine can run (CPU: a few minutes)
+    python bench.py --only step      # one part: solver | step | subset | logps
 
-1. cagrad.coefficients: time per call for m = 2, 3, 8 (raco), next to lw (no solve) as the floor.
-2. One optimizer step's backward on a causal LM: RACO (m autograd.grad calls + Gram + combine) against a plain
-   loss.backward() of the weighted loss (what DPO-LW costs in any trainer), as a ratio.
-3. Peak memory of dpo.sequence_logps against a naive full float32 log_softmax over a 152k vocabulary (CUDA only:
-   the CPU allocator reports no peak).
+1. solver: cagrad.coefficients, time per call for m = 2, 3, 8, 16 (raco), next to lw (no solve) as the floor.
+2. step: one whole optimizer step (reference forward, policy forward, the backward pass(es), Gram matrix, solve,
+   combination, AdamW) of RACO against DPO-LW on the same batches, timed in alternation, as a ratio; and each
+   step's peak memory (CUDA: the allocator's peak; CPU: the peak resident size of a fresh process per method).
+   CPU: a ~20M-parameter Llama, 8 pairs x 128 tokens, float32. CUDA: a Qwen3-0.6B-shaped model (random weights,
+   float32 master weights under bf16 autocast, as train.py runs it), 8 pairs x 512 tokens.
+3. subset: the subset-Gram step (--gram-layers K) on the same model and on the embedded world: its time against
+   DPO-LW, and the cosine between its direction and the exact RACO direction on the same batch.
+4. logps: peak memory of dpo.sequence_logps against a naive float32 log_softmax over a 152k vocabulary (CUDA only).
 """
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -17,6 +27,8 @@ import torch
 import dpo
 from cagrad import coefficients
 from raco import MultiObjectiveBackward
+
+WEIGHTS = [0.5, 0.5]
 
 
 def best_of(fn, repeats, rounds=5):
@@ -33,52 +45,169 @@ def best_of(fn, repeats, rounds=5):
 def bench_solver():
     print("cagrad.coefficients, time per call (best of 5 rounds)")
     generator = torch.Generator().manual_seed(0)
-    for m in (2, 3, 8):
+    for m in (2, 3, 8, 16):
         G = torch.randn(m, 1000, generator=generator, dtype=torch.float64)
         H, w = G @ G.T, torch.full((m,), 1.0 / m)
-        repeats = 2000 if m < 8 else 100
+        repeats = 2000 if m < 8 else 50
         raco = best_of(lambda: coefficients(H, w, "raco"), repeats)
         lw = best_of(lambda: coefficients(H, w, "lw"), repeats)
-        print(f"  m = {m}: raco {raco * 1e6:8.1f} us   lw {lw * 1e6:6.1f} us   ratio {raco / lw:5.1f}")
+        print(f"  m = {m:2d}: raco {raco * 1e6:9.1f} us   lw {lw * 1e6:6.1f} us   ratio {raco / lw:6.1f}")
 
 
-def bench_step(device, hidden, layers, vocab, batch, length, dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
+# ----------------------------------------------------------------------------------------------------------------
+# One whole optimizer step
+
+def bench_model(device):
+    """(model, batch, description): the CPU or the GPU benchmark model with random weights and token batches."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=max(hidden // 64, 1), num_key_value_heads=max(hidden // 64, 1))
-    model = LlamaForCausalLM(config).to(device, dtype)
-    ids = torch.randint(0, vocab, (2 * batch, length), device=device)
-    mask = torch.ones_like(ids)
+    if device.type == "cuda":
+        config = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                             num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
+        model, pairs, length = Qwen3ForCausalLM(config), 8, 512
+    else:
+        config = LlamaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                             num_attention_heads=8, num_key_value_heads=8)
+        model, pairs, length = LlamaForCausalLM(config), 8, 128
+    ids = torch.randint(0, config.vocab_size, (2 * pairs, length), generator=torch.Generator().manual_seed(1))
     completion = torch.zeros_like(ids)
-    completion[:, length // 2:] = 1
-    signs = torch.randint(-1, 2, (batch, 2), device=device).float()
-    weights = [0.5, 0.5]
+    completion[:, length // 4:] = 1  # a quarter of every sequence is prompt
+    batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+             "completion_mask": completion.to(device),
+             "signs": torch.tensor([[1.0, -1.0], [1.0, 1.0]] * (pairs // 2), device=device)}
+    dtype = "float32 weights, bf16 autocast" if device.type == "cuda" else "float32"
+    size = sum(p.numel() for p in model.parameters()) / 1e6
+    return model.to(device), batch, f"{size:.1f}M-parameter {type(model).__name__}, {pairs} pairs x {length} tokens, " \
+                                    f"{dtype}, {device.type}"
 
-    def losses():
-        logps, _ = dpo.sequence_logps(model(input_ids=ids, attention_mask=mask).logits, ids, completion)
-        return dpo.dpo_losses(logps[:batch] - logps[batch:], signs, 0.1)
 
-    def weighted_backward():
-        (torch.tensor(weights, device=device) @ losses()).backward()
-        model.zero_grad(set_to_none=True)
+class Step:
+    """train.py's step on a fixed batch: reference forward, policy forward, losses, MultiObjectiveBackward, clip,
+    AdamW. method "dpo": plain single-objective DPO (one loss, one backward), what any DPO trainer costs."""
 
-    def raco_backward():
-        step = MultiObjectiveBackward(model.parameters(), weights, "raco")
-        step.backward(losses())
-        step.finish()
-        model.zero_grad(set_to_none=True)
+    def __init__(self, model, batch, method, gram_layers=0):
+        import copy
+        self.model, self.batch, self.method = model, batch, method
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if batch["input_ids"].is_cuda else None
+        if self.autocast is not None:
+            self.reference.to(torch.bfloat16)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-6)
+        blocks = model.model.layers[len(model.model.layers) - gram_layers:] if gram_layers else []
+        self.backward = MultiObjectiveBackward(trainable, [1.0] if method == "dpo" else WEIGHTS,
+                                               "lw" if method == "dpo" else method,
+                                               gram_params=[p for b in blocks for p in b.parameters()] or None)
 
+    def losses(self):
+        with self.autocast or torch.autocast("cpu", enabled=False):
+            policy_a, policy_b, _, _ = dpo.completion_logps(self.model, self.batch)
+            with torch.no_grad():
+                ref_a, ref_b, _, _ = dpo.completion_logps(self.reference, self.batch)
+        signs = self.batch["signs"][:, :1] if self.method == "dpo" else self.batch["signs"]
+        return dpo.dpo_losses(dpo.log_ratio_margin(policy_a, policy_b, ref_a, ref_b), signs, 0.1)
+
+    def __call__(self):
+        self.backward.backward(self.losses())
+        self.backward.finish()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def direction(self):
+        """The direction this step writes into .grad, flattened; no update."""
+        self.backward.backward(self.losses())
+        self.backward.finish()
+        d = torch.cat([p.grad.reshape(-1) for p in self.model.parameters() if p.grad is not None]).clone()
+        self.optimizer.zero_grad(set_to_none=True)
+        return d
+
+
+def alternate(steps, rounds, sync):
+    """Median seconds per step of each callable, timed in alternation (A B A B ...) so slow phases of the machine
+    hit both alike."""
+    times = {name: [] for name in steps}
+    for name, step in steps.items():  # warm-up: allocations, kernels, the lazily made gradient buffers
+        step()
+    for _ in range(rounds):
+        for name, step in steps.items():
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_memory(method, device, gram_layers=0):
+    """Peak memory of a step (bytes): CUDA's allocator peak here; on CPU the peak resident size of a fresh process
+    (Linux), which includes the interpreter and the model for every method alike."""
+    if device.type == "cpu":
+        child = subprocess.run([sys.executable, __file__, "--memory-of", method, "--gram-layers", str(gram_layers)],
+                               capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return json.loads(child.stdout.strip().splitlines()[-1])["peak"]
+    model, batch, _ = bench_model(device)
+    step = Step(model, batch, method, gram_layers)
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def bench_step(device, rounds):
+    model, batch, described = bench_model(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    timed = {}
-    for name, fn in (("weighted loss.backward()", weighted_backward), ("RACO backward", raco_backward)):
-        fn()  # warm-up
-        timed[name] = best_of(lambda: (fn(), sync()), 3, rounds=3)
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"one forward + backward, {params:.1f}M-parameter Llama, {2 * batch} x {length} tokens, {dtype}, {device}")
-    for name, seconds in timed.items():
-        print(f"  {name:<26} {seconds * 1e3:8.1f} ms")
-    print(f"  ratio RACO / weighted: {timed['RACO backward'] / timed['weighted loss.backward()']:.2f}")
+    steps = {m: Step(model, batch, m) for m in ("dpo", "lw", "raco")}
+    print(f"one whole optimizer step, {described}; median of {rounds} steps each, in alternation")
+    times = alternate(steps, rounds, sync)
+    trainable = sum(p.numel() for p in model.parameters())
+    memory = {m: peak_memory(m, device) for m in steps}
+    allowance = memory["lw"] + 2 * trainable * 4  # DPO-LW's peak + m x trainable parameters x float32 gradient
+    for m, label in (("dpo", "single-objective DPO"), ("lw", "DPO-LW (2 objectives)"), ("raco", "RACO")):
+        print(f"  {label:<24} {times[m] * 1e3:9.1f} ms   peak {memory[m] / 2**30:6.2f} GiB")
+    print(f"  ratio RACO / DPO-LW: {times['raco'] / times['lw']:.2f} (target <= 1.6); DPO-LW / single-objective DPO: "
+          f"{times['lw'] / times['dpo']:.2f}")
+    print(f"  RACO's peak memory: {memory['raco'] / 2**30:.2f} GiB against DPO-LW's + 2 x parameters x 4 bytes = "
+          f"{allowance / 2**30:.2f} GiB ({memory['raco'] / allowance:.2f} of it; target <= 1.10)")
+
+
+def cosine(a, b):
+    return float(a.double() @ b.double() / (a.double().norm() * b.double().norm()))
+
+
+def bench_subset(device, rounds):
+    """--gram-layers K against exact RACO: time per step (against DPO-LW) and the cosine of the two directions."""
+    model, batch, described = bench_model(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    exact = Step(model, batch, "raco").direction()
+    print(f"subset-Gram step (--gram-layers K), {described}")
+    for k in (1, len(model.model.layers) // 2):
+        subset = Step(model, batch, "raco", gram_layers=k)
+        times = alternate({"lw": Step(model, batch, "lw"), "subset": subset}, rounds, sync)
+        print(f"  K = {k}: {times['subset'] / times['lw']:.2f}x DPO-LW's step; cosine to exact RACO's direction "
+              f"{cosine(subset.direction(), exact):.4f}")
+    bench_subset_world(rounds)
+
+
+def bench_subset_world(rounds):
+    """The same on the embedded world: its shipped model and a micro-batch of 16 of its pairs (train.py's default)."""
+    from policy import load_model
+    from preference_data import load_pairs
+    tokenizer, model = load_model("models/world-tiny", torch.device("cpu"))
+    pairs, _ = load_pairs("data/world_train.jsonl", objectives=["quality", "conciseness"], limit=16)
+    tokens = dpo.tokenize_pairs(tokenizer, [p.prompt for p in pairs], [p.response_a for p in pairs],
+                                [p.response_b for p in pairs])
+    batch = {k: v for k, v in tokens.items() if torch.is_tensor(v)}
+    batch["signs"] = torch.tensor([p.signs for p in pairs], dtype=torch.float32)
+    exact = Step(model, batch, "raco").direction()
+    subset = Step(model, batch, "raco", gram_layers=1)
+    times = alternate({"lw": Step(model, batch, "lw"), "subset": subset, "raco": Step(model, batch, "raco")},
+                      rounds * 10, lambda: None)
+    print(f"  the embedded world (134k parameters, 2 blocks, 16 pairs), K = 1: {times['subset'] / times['lw']:.2f}x "
+          f"DPO-LW's step (exact RACO {times['raco'] / times['lw']:.2f}x); cosine to exact RACO's direction "
+          f"{cosine(subset.direction(), exact):.4f}")
 
 
 def bench_logps_memory(device):
@@ -113,15 +242,32 @@ def bench_logps_memory(device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", choices=["solver", "step", "subset", "logps"], help="one part only")
+    parser.add_argument("--rounds", type=int, default=5, help="timed steps per method (default: %(default)s)")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a child process measuring one method's peak
+    parser.add_argument("--gram-layers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
-    bench_solver()
-    if device.type == "cuda":
-        bench_step(device, hidden=1024, layers=8, vocab=32000, batch=4, length=512, dtype=torch.bfloat16)
-        bench_logps_memory(device)
-    else:
-        bench_step(device, hidden=128, layers=2, vocab=1000, batch=4, length=64, dtype=torch.float32)
-        print("log-prob memory: needs CUDA (the CPU allocator reports no peak); run on a GPU machine")
+    if args.memory_of:
+        model, batch, _ = bench_model(device)
+        step = Step(model, batch, args.memory_of, args.gram_layers)
+        step(), step()
+        with open("/proc/self/status") as f:  # VmHWM: this process image's peak (ru_maxrss counts the parent's too)
+            peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        print(json.dumps({"peak": peak}))
+        return
+    parts = [args.only] if args.only else ["solver", "step", "subset", "logps"]
+    if "solver" in parts:
+        bench_solver()
+    if "step" in parts:
+        bench_step(device, args.rounds)
+    if "subset" in parts:
+        bench_subset(device, args.rounds)
+    if "logps" in parts:
+        if device.type == "cuda":
+            bench_logps_memory(device)
+        else:
+            print("log-prob memory: needs CUDA (the CPU allocator reports no peak); run on a GPU machine")
 
 
 if __name__ == "__main__":
