@@ -228,7 +228,9 @@ def coefficients(H, w, method="raco", c=0.4):
     c: the CAGrad radius, 0 <= c < 1 (used by cagrad and raco).
     Returns (a, info): a is an (m,) float64 tensor with d = sum_i a[i] g_i; info holds "p" (dual / min-norm
     weights) for cagrad, raco and mgda, "p_clipped" for raco, and the diagnostics "cosines" (m, m), "grad_norms",
-    "g0_norm", "direction_norm", "rho" = cos(g0, G_p) and "rho_clipped" = cos(g0, G~) where they apply.
+    "g0_norm", "direction_norm", "rho" = cos(g0, G_p) and "rho_clipped" = cos(g0, G~) where they apply; for cagrad
+    and raco "interior" (1 if the dual is not a vertex), for raco "clip_changed" (1 if the clip turns the
+    direction: p~ is not proportional to p) and "cos_cagrad" (the cosine between RACO's and CAGrad's directions).
     Degenerate input (all-zero H, zero or colinear gradients, zero weights) gives finite a; where ||g0|| = 0 or
     ||G~|| = 0 the step falls back to d = g0 (a = w), as Algorithm 1 prescribes.
     """
@@ -261,9 +263,13 @@ def coefficients(H, w, method="raco", c=0.4):
     elif method in ("cagrad", "raco"):
         a, info["p"], p_tilde = raco_direction(Hn, w, c, clip=method == "raco")
         info["rho"] = _cos(H, w, info["p"])
-        if method == "raco":
+        info["interior"] = float((info["p"] > 1e-9).sum() > 1)  # the dual is not a vertex
+        if method == "raco":  # when the clip matters: does it turn the direction, and how far from CAGrad's?
             info["p_clipped"] = p_tilde
             info["rho_clipped"] = _cos(H, w, p_tilde)
+            total = p_tilde.sum()
+            info["clip_changed"] = float(total <= 0 or np.abs(p_tilde / max(total, 1e-300) - info["p"]).max() > 1e-9)
+            info["cos_cagrad"] = _cos(H, a, raco_direction(Hn, w, c, clip=False)[0])
     info["direction_norm"] = math.sqrt(max(a @ H @ a, 0.0))
     info = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in info.items()}
     return torch.from_numpy(a), info

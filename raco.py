@@ -208,7 +208,7 @@ class MultiObjectiveBackward:
                     out[f"{key}/{name}"] = info[key][i].item()
             for j in range(i + 1, len(self.names)):
                 out[f"cos/{name}-{self.names[j]}"] = info["cosines"][i, j].item()
-        for key in ("rho", "rho_clipped"):
+        for key in ("rho", "rho_clipped", "interior", "clip_changed", "cos_cagrad"):
             if key in info:
                 out[key] = info[key]
         return out

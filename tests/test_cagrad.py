@@ -228,3 +228,19 @@ def test_any_float_dtype_is_accepted():
         a, _ = coefficients(torch.from_numpy(H).to(dtype), torch.from_numpy(w))
         assert a.dtype == torch.float64
         assert torch.allclose(a, a64, atol=0.05)
+
+
+def test_when_the_clip_matters_diagnostics_against_the_vectors():
+    G = np.array([[1.0, -4.0], [-1.0, 1.0]])  # SPEC's worked example: interior dual (0.356, 0.644), w = (0.2, 0.8)
+    a, info = coefficients(G @ G.T, [0.2, 0.8], "raco", c=0.5)
+    a_cagrad, cagrad_info = coefficients(G @ G.T, [0.2, 0.8], "cagrad", c=0.5)
+    d, d_cagrad = a.numpy() @ G, a_cagrad.numpy() @ G
+    assert info["interior"] == 1.0 and cagrad_info["interior"] == 1.0
+    assert info["clip_changed"] == 1.0  # p~ = (0.2, 0.644) is not proportional to p = (0.356, 0.644)
+    assert info["cos_cagrad"] == pytest.approx(d @ d_cagrad / np.linalg.norm(d) / np.linalg.norm(d_cagrad))
+    assert info["cos_cagrad"] < 0.999
+    # a vertex dual: g2 much longer and opposed, so p = (1, 0); the clip scales p, it cannot turn it
+    G = np.array([[1.0, 0.2], [-6.0, 0.5]])
+    a, info = coefficients(G @ G.T, [0.5, 0.5], "raco", c=0.4)
+    assert info["p"].tolist() == [1.0, 0.0] and info["interior"] == 0.0 and info["clip_changed"] == 0.0
+    assert info["cos_cagrad"] == pytest.approx(1.0)
