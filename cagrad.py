@@ -26,9 +26,13 @@ import torch
 
 METHODS = ("lw", "cagrad", "raco", "mgda", "pcgrad")
 
-# Below this (relative to trace(H) = 1) a squared norm is treated as zero. Gradients whose directions differ by
-# less than ~1e-6 in cosine are colinear for every purpose of the solver.
+# Below this (relative to trace(H) = 1) a squared norm is treated as zero by the face solvers for m >= 3.
 _ZERO = 1e-12
+# Elsewhere thresholds are relative: per-objective gradient norms 1e6 apart are ordinary in LLM training, and a
+# gradient 1e-6 of the largest is small, not zero. A squared norm ||sum_i x_i g_i||^2 read off the Gram matrix
+# carries a rounding error of about m * 1e-16 * (sum_i |x_i| ||g_i||)^2; below _ROUNDING times that scale the
+# combination has cancelled to zero for all that H can tell (exact zeros and what rounding makes of them).
+_ROUNDING = 1e-13
 # Exact face enumeration costs 2^m - 1 small solves: instant for the m <= 5 anyone trains with, ~1 ms at m = 8.
 _MAX_ENUMERATION_M = 10
 
@@ -43,32 +47,44 @@ def clip_to_weights(p, w):
     return np.minimum(p, w)
 
 
+def _length(H, x):
+    """||sum_i x_i g_i|| from the Gram matrix, and exactly 0 where the combination cancels down to rounding noise.
+    x: (m,), or (m, k) for k combinations at once."""
+    squared = np.einsum("i...,ij,j...->...", x, H, x)
+    scale = (np.sqrt(np.clip(np.diag(H), 0.0, None)) @ np.abs(x)) ** 2
+    return np.where(squared > _ROUNDING * scale, np.sqrt(np.abs(squared)), 0.0)[()]
+
+
 def solve_dual_two(H, b, s):
     """Closed-form argmin of Phi over the 2-simplex, p = (lam, 1 - lam) (SPEC section 2).
 
     Q(lam) = q2 lam^2 + q1 lam + q0 = ||G_p||^2 and h(lam) = b_2 + delta lam + s sqrt(Q(lam)). Setting h' = 0 and
     squaring gives a quadratic in lam; its real roots in [0, 1], the endpoints, and the argmin of Q (where h is not
     differentiable when Q touches 0, e.g. antiparallel gradients) are the candidates. Squaring adds spurious
-    roots, so the candidate with the smallest h wins. H should be normalised (trace 1): tolerances are relative.
+    roots, so the candidate with the smallest h wins; that also makes thresholds unnecessary: a candidate that
+    rounding spoils loses on h, so only divisions by an exact zero are skipped.
     """
+    if H[0, 0] < H[1, 1]:
+        # lam = 0 is the shorter gradient: near it the optimum puts a tiny lam on the longer one, and lam keeps its
+        # relative precision where 1 - lam would not (with norms 1e6 apart, lam ~ 1e-12 carries the direction).
+        return solve_dual_two(H[::-1, ::-1], b[::-1], s)[::-1].copy()
     delta = b[0] - b[1]
     q2 = H[0, 0] + H[1, 1] - 2.0 * H[0, 1]
     q1 = 2.0 * (H[0, 1] - H[1, 1])
     q0 = H[1, 1]
     candidates = [0.0, 1.0]
-    if q2 > _ZERO:
+    if q2 > 0.0:
         candidates.append(-q1 / (2.0 * q2))
     # (delta^2 q2 - s^2 q2^2) lam^2 + (delta^2 q1 - s^2 q1 q2) lam + delta^2 q0 - s^2 q1^2 / 4 = 0
     A = delta**2 * q2 - s**2 * q2**2
     B = delta**2 * q1 - s**2 * q1 * q2
     C = delta**2 * q0 - s**2 * q1**2 / 4.0
-    if abs(A) > _ZERO:
-        disc = B * B - 4.0 * A * C
-        if disc >= 0.0:
-            root = math.sqrt(disc)
-            candidates += [(-B + root) / (2.0 * A), (-B - root) / (2.0 * A)]
-    elif abs(B) > _ZERO:
-        candidates.append(-C / B)
+    disc = B * B - 4.0 * A * C
+    if disc >= 0.0:
+        # the stable quadratic formula: the roots are q / A and C / q, with no cancellation in q
+        q = -(B + math.copysign(math.sqrt(disc), B)) / 2.0
+        candidates += [q / A] if A != 0.0 else []
+        candidates += [C / q] if q != 0.0 else []
 
     def h(lam):
         return b[1] + delta * lam + s * math.sqrt(max(q2 * lam * lam + q1 * lam + q0, 0.0))
@@ -173,7 +189,7 @@ def _pcgrad(H, w):
     for i in range(m):
         for j in [(i + k) % m for k in range(1, m)]:
             inner = C[i] @ H[:, j]
-            if inner < 0.0 and H[j, j] > _ZERO:
+            if inner < 0.0 and H[j, j] > 0.0:  # only an exactly zero g_j is skipped: a tiny one still conflicts
                 C[i, j] -= inner / H[j, j]
     return w @ C
 
@@ -203,11 +219,11 @@ def raco_direction(H, w, c, clip=True):
     is the optimizer's.
     """
     b = H @ w                                                # line 3: g0 = sum_i w_i g_i, via b_i = <g_i, g0>
-    s = c * math.sqrt(max(w @ H @ w, 0.0))                   # line 4: the radius c ||g0|| ...
+    s = c * _length(H, w)                                    # line 4: the radius c ||g0|| ...
     p = solve_dual(H, b, s)                                  # line 4: ... and p = argmin_simplex b^T p + s ||G_p||
     p_tilde = clip_to_weights(p, w) if clip else p           # line 5: p~ = min(p, w), not renormalised
-    norm_tilde = math.sqrt(max(p_tilde @ H @ p_tilde, 0.0))  # line 6: ||G~||, G~ = sum_i p~_i g_i
-    if s == 0.0 or norm_tilde <= math.sqrt(_ZERO):           # line 7 when ||g0|| = 0, c = 0 or G~ = 0: d = g0
+    norm_tilde = _length(H, p_tilde)                         # line 6: ||G~||, G~ = sum_i p~_i g_i
+    if s == 0.0 or norm_tilde == 0.0:                        # line 7 when ||g0|| = 0, c = 0 or G~ = 0: d = g0
         return w.copy(), p, p_tilde
     return w + s * p_tilde / norm_tilde, p, p_tilde          # line 7: d = g0 + c ||g0|| G~ / ||G~||
 

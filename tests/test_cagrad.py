@@ -1,6 +1,8 @@
 """The solvers of cagrad.py against independent computations: brute force, KKT certificates, hand-worked values."""
 
 import math
+from decimal import Decimal, localcontext
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -35,6 +37,77 @@ def frank_wolfe_gap(H, b, s, p):
     """grad^T p - min_i grad_i >= Phi(p) - Phi*, by convexity: a certificate of optimality that needs no solver."""
     grad = b + s * (H @ p) / math.sqrt(p @ H @ p)
     return float(grad @ p - grad.min())
+
+
+def _face_stationary_point(H, b, s, face):
+    """The stationary point of Phi on the relative interior of a face, or None (SPEC's closed form, as
+    cagrad.py's enumeration had it up to m = 10): p = e_f + sum_j y_j (e_j - e_f), M the Gram matrix of the g_j - g_f,
+    q_min = min ||G_p||^2 on the face's affine hull, y = y_q - (r / s) M^-1 v, r^2 (1 - v^T M^-1 v / s^2) = q_min.
+    A singular M means Phi is constant along a line of the face: a smaller face holds the minimum."""
+    f, rest = face[0], face[1:]
+    n = len(rest)
+    rows = [[H[j][l] - H[j][f] - H[f][l] + H[f][f] for l in rest] + [H[j][f] - H[f][f], b[j] - b[f]] for j in rest]
+    for col in range(n):  # Gauss-Jordan elimination on [M | k | v]
+        pivot = max(range(col, n), key=lambda r: abs(rows[r][col]))
+        if rows[pivot][col] == 0:
+            return None
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(n):
+            if r != col:
+                factor = rows[r][col] / rows[col][col]
+                rows[r] = [x - factor * y for x, y in zip(rows[r], rows[col])]
+    M_inv_k = [rows[r][n] / rows[r][r] for r in range(n)]
+    M_inv_v = [rows[r][n + 1] / rows[r][r] for r in range(n)]
+    q_min = max(H[f][f] - sum((H[j][f] - H[f][f]) * x for j, x in zip(rest, M_inv_k)), Decimal(0))
+    alpha = sum((b[j] - b[f]) * x for j, x in zip(rest, M_inv_v))
+    if s == 0 or alpha >= s * s:
+        return None
+    r = (q_min / (1 - alpha / (s * s))).sqrt()
+    y = [-k - r / s * v for k, v in zip(M_inv_k, M_inv_v)]
+    p = [Decimal(0)] * len(H)
+    p[f] = 1 - sum(y)
+    for j, y_j in zip(rest, y):
+        p[j] = y_j
+    return p
+
+
+def exact_minimum(H, b, s):
+    """(Phi*, p*) by enumerating every face of the simplex (vertices, edges, ..., the interior: Phi is convex, so
+    the face holding the minimiser yields it as a stationary point), in 40-digit decimal arithmetic on the exact
+    values of the float64 H, b, s. Independent of cagrad's solver, and exact where float64 is not: with gradient norms
+    1e12 apart the entries of H span 1e24. 2^m faces: 0.3 s at m = 11."""
+    with localcontext() as context:
+        context.prec = 40
+        m = len(H)
+        H, b, s = [[_exact(x) for x in row] for row in H], [_exact(x) for x in b], _exact(s)
+        candidates = [[Decimal(int(i == j)) for j in range(m)] for i in range(m)]
+        for face in (f for size in range(2, m + 1) for f in combinations(range(m), size)):
+            p = _face_stationary_point(H, b, s, face)
+            if p is not None and min(p) >= 0:
+                candidates.append(p)
+        best = min(candidates, key=lambda p: exact_phi(H, b, s, p))
+        return float(exact_phi(H, b, s, best)), np.array([float(x) for x in best])
+
+
+def exact_phi(H, b, s, p):
+    """Phi(p) in 40-digit decimal arithmetic (floats are converted exactly): no rounding noise under the root."""
+    with localcontext() as context:
+        context.prec = 40
+        H, b, s, p = [[_exact(x) for x in row] for row in H], [_exact(x) for x in b], _exact(s), [_exact(x) for x in p]
+        square = sum(p[i] * H[i][j] * p[j] for i in range(len(p)) for j in range(len(p)))
+        return sum(x * y for x, y in zip(b, p)) + s * max(square, Decimal(0)).sqrt()
+
+
+def _exact(x):
+    return x if isinstance(x, Decimal) else Decimal(float(x))
+
+
+def assert_minimal(H, b, s, p, best):
+    """Phi(p), evaluated exactly, is Phi* to 1e-9 relative, or to 1e-13 of the size of Phi's terms where Phi* is 0
+    (a kink: G_p = 0 up to the rounding of p's float coordinates)."""
+    terms = np.abs(b) @ p + s * np.sqrt(np.diag(H)) @ p
+    assert p.min() >= 0.0 and p.sum() == pytest.approx(1.0, abs=1e-12)
+    assert float(exact_phi(H, b, s, p)) == pytest.approx(best, rel=1e-9, abs=1e-13 * terms)
 
 
 def test_direction_is_algorithm_1_by_hand():
@@ -87,6 +160,35 @@ def test_iterative_solver_agrees_with_enumeration():
         _, H, b, s, _ = random_problem(5, 8)
         exact = phi(H, b, s, solve_dual(H, b, s))
         assert phi(H, b, s, _solve_iterative(H, b, s)) == pytest.approx(exact, rel=1e-9, abs=1e-14)
+
+
+def spread_gradients(m, rng):
+    """Gradients in m + 3 dimensions whose norms span 1e-6 .. 1e6, as objectives' gradients do in LLM training."""
+    G = rng.normal(size=(m, m + 3))
+    norms = 10.0 ** np.linspace(-6.0, 6.0, m)
+    return G * (rng.permutation(norms) / np.linalg.norm(G, axis=1))[:, None]
+
+
+@pytest.mark.parametrize("m", [2])
+def test_tiny_gradients_are_not_zero(m):
+    # an absolute 1e-12 on the trace-normalised H treated the gradients below ~1e-6 of the largest as zero: the dual
+    # skipped the face holding its minimum and fell back to a vertex. Against the exact enumeration, dual and direction.
+    rng = np.random.default_rng(m)
+    for _ in range(4 if m < 11 else 1):
+        G = spread_gradients(m, rng)
+        H, w = G @ G.T, rng.dirichlet(np.ones(m))
+        g0 = w @ G
+        for method in ("cagrad", "raco", "mgda"):
+            a, info = coefficients(H, w, method, c=0.4)
+            b, s = (H @ w, 0.4 * np.linalg.norm(g0)) if method != "mgda" else (np.zeros(m), 1.0)
+            best, p = exact_minimum(H, b, s)
+            assert_minimal(H, b, s, info["p"].numpy(), best)
+            if method == "mgda":
+                d = p @ G
+            else:
+                mixture = (np.minimum(p, w) if method == "raco" else p) @ G
+                d = g0 + s * mixture / np.linalg.norm(mixture)
+            assert np.linalg.norm(a.numpy() @ G - d) <= 1e-7 * np.linalg.norm(d)
 
 
 @pytest.mark.parametrize("method", ["cagrad", "raco", "mgda", "pcgrad"])  # lw returns w whatever H is
@@ -164,22 +266,37 @@ def test_mgda_is_the_min_norm_point_and_ignores_weights():
     assert norm(a1.numpy()) <= min(norm(q) for q in cloud) + 1e-12
 
 
-def test_pcgrad_matches_explicit_projection():
-    G, H, _, _, w = random_problem(3, 6, rng=np.random.default_rng(7))
+def pcgrad_by_projection(G, w):
+    """PCGrad on the vectors themselves: each g_i projected off the g_j it conflicts with, j = i+1, i+2, ..."""
     projected = []
-    for i in range(3):
+    for i in range(len(G)):
         g = G[i].copy()
-        for j in [(i + 1) % 3, (i + 2) % 3]:
+        for j in [(i + k) % len(G) for k in range(1, len(G))]:
             if g @ G[j] < 0:
                 g -= (g @ G[j]) / (G[j] @ G[j]) * G[j]
         projected.append(g)
-    expected = sum(w[i] * projected[i] for i in range(3))
+    return w @ np.array(projected)
+
+
+def test_pcgrad_matches_explicit_projection():
+    G, H, _, _, w = random_problem(3, 6, rng=np.random.default_rng(7))
     a, _ = coefficients(H, w, "pcgrad")
-    assert np.allclose(a.numpy() @ G, expected, atol=1e-10)
+    assert np.allclose(a.numpy() @ G, pcgrad_by_projection(G, w), atol=1e-10)
     # without conflicts PCGrad is loss weighting
     G_agree = np.abs(G)
     a, _ = coefficients(G_agree @ G_agree.T, w, "pcgrad")
     assert np.allclose(a.numpy(), w)
+
+
+@pytest.mark.parametrize("m", [2, 3, 5, 12])
+def test_pcgrad_projects_onto_tiny_gradients(m):
+    # a gradient 1e-6 of the largest still conflicts: skipping the projection onto it moved d by up to 23%
+    rng = np.random.default_rng(m)
+    for _ in range(10):
+        G, w = spread_gradients(m, rng), rng.dirichlet(np.ones(m))
+        expected = pcgrad_by_projection(G, w)
+        a, _ = coefficients(G @ G.T, w, "pcgrad")
+        assert np.linalg.norm(a.numpy() @ G - expected) <= 1e-9 * np.linalg.norm(expected)
 
 
 @pytest.mark.parametrize("method", ["lw", "cagrad", "raco", "mgda", "pcgrad"])
