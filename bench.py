@@ -2,7 +2,7 @@
 
     python bench.py                # solver time per call, RACO step vs one backward, log-prob memory (GPU only)
 
-1. cagrad.coefficients: time per call for m = 2, 3, 8 (raco), next to lw (no solve) as the floor.
+1. cagrad.coefficients: time per call for m = 2, 3, 8, 16 (raco), next to lw (no solve) as the floor.
 2. One optimizer step's backward on a causal LM: RACO (m autograd.grad calls + Gram + combine) against a plain
    loss.backward() of the weighted loss (what DPO-LW costs in any trainer), as a ratio.
 3. Peak memory of dpo.sequence_logps against a naive full float32 log_softmax over a 152k vocabulary (CUDA only:
@@ -33,7 +33,7 @@ def best_of(fn, repeats, rounds=5):
 def bench_solver():
     print("cagrad.coefficients, time per call (best of 5 rounds)")
     generator = torch.Generator().manual_seed(0)
-    for m in (2, 3, 8):
+    for m in (2, 3, 8, 16):
         G = torch.randn(m, 1000, generator=generator, dtype=torch.float64)
         H, w = G @ G.T, torch.full((m,), 1.0 / m)
         repeats = 2000 if m < 8 else 100
