@@ -15,22 +15,27 @@ On the Gram matrix, with b = H w (b_i = <g_i, g0>) and s = c sqrt(w^T H w):
     Phi(p) = b^T p + s sqrt(p^T H p)     and     a = w + s p~ / sqrt(p~^T H p~).
 The solution is invariant to H -> k H (k > 0), so H is divided by its trace before solving: the same answer comes
 out for gradients of norm 1e-15 (typical of LLM losses) and 1e15 (the authors' solver, which compares coefficients
-with an absolute 1e-12, silently falls back to a vertex for small gradients).
+with an absolute 1e-12, silently falls back to a vertex for small gradients). For the same reason no threshold
+below is absolute: gradient norms 1e6 apart within one H are ordinary too. The dual is solved exactly for any m:
+in closed form for m = 2, by Wolfe's active-set method on the faces of the simplex beyond (`solve_dual`).
 """
 
 import math
-from itertools import combinations
 
 import numpy as np
 import torch
 
 METHODS = ("lw", "cagrad", "raco", "mgda", "pcgrad")
 
-# Below this (relative to trace(H) = 1) a squared norm is treated as zero. Gradients whose directions differ by
-# less than ~1e-6 in cosine are colinear for every purpose of the solver.
-_ZERO = 1e-12
-# Exact face enumeration costs 2^m - 1 small solves: instant for the m <= 5 anyone trains with, ~1 ms at m = 8.
-_MAX_ENUMERATION_M = 10
+# Every threshold here is relative, none absolute: per-objective gradient norms 1e6 apart are ordinary in LLM
+# training, and a gradient 1e-6 of the largest is small, not zero. A squared norm ||sum_i x_i g_i||^2 read off the
+# Gram matrix carries a rounding error of about m * 1e-16 * (sum_i |x_i| ||g_i||)^2; below _ROUNDING times that
+# scale the combination has cancelled to zero for all that H can tell (exact zeros and what rounding makes of them).
+_ROUNDING = 1e-13
+# The general solver works on the gradients' coordinates (_coordinates), where rounding is ~1e-16 of the norms
+# involved, not of their squares: a combination shorter than _TOLERANCE times sum_i |x_i| ||g_i|| is zero, and Phi
+# is compared with itself to _TOLERANCE times the size of its terms, |b|^T p + s sum_i p_i ||g_i||.
+_TOLERANCE = 1e-12
 
 
 def phi(H, b, s, p):
@@ -43,32 +48,43 @@ def clip_to_weights(p, w):
     return np.minimum(p, w)
 
 
+def _length(H, x):
+    """||sum_i x_i g_i|| from the Gram matrix, and exactly 0 where the combination cancels down to rounding noise."""
+    squared = float(x @ H @ x)
+    scale = float(np.abs(x) @ np.sqrt(np.clip(np.diag(H), 0.0, None))) ** 2
+    return math.sqrt(squared) if squared > _ROUNDING * scale else 0.0
+
+
 def solve_dual_two(H, b, s):
     """Closed-form argmin of Phi over the 2-simplex, p = (lam, 1 - lam) (SPEC section 2).
 
     Q(lam) = q2 lam^2 + q1 lam + q0 = ||G_p||^2 and h(lam) = b_2 + delta lam + s sqrt(Q(lam)). Setting h' = 0 and
     squaring gives a quadratic in lam; its real roots in [0, 1], the endpoints, and the argmin of Q (where h is not
     differentiable when Q touches 0, e.g. antiparallel gradients) are the candidates. Squaring adds spurious
-    roots, so the candidate with the smallest h wins. H should be normalised (trace 1): tolerances are relative.
+    roots, so the candidate with the smallest h wins; that also makes thresholds unnecessary: a candidate that
+    rounding spoils loses on h, so only divisions by an exact zero are skipped.
     """
+    if H[0, 0] < H[1, 1]:
+        # lam = 0 is the shorter gradient: near it the optimum puts a tiny lam on the longer one, and lam keeps its
+        # relative precision where 1 - lam would not (with norms 1e6 apart, lam ~ 1e-12 carries the direction).
+        return solve_dual_two(H[::-1, ::-1], b[::-1], s)[::-1].copy()
     delta = b[0] - b[1]
     q2 = H[0, 0] + H[1, 1] - 2.0 * H[0, 1]
     q1 = 2.0 * (H[0, 1] - H[1, 1])
     q0 = H[1, 1]
     candidates = [0.0, 1.0]
-    if q2 > _ZERO:
+    if q2 > 0.0:
         candidates.append(-q1 / (2.0 * q2))
     # (delta^2 q2 - s^2 q2^2) lam^2 + (delta^2 q1 - s^2 q1 q2) lam + delta^2 q0 - s^2 q1^2 / 4 = 0
     A = delta**2 * q2 - s**2 * q2**2
     B = delta**2 * q1 - s**2 * q1 * q2
     C = delta**2 * q0 - s**2 * q1**2 / 4.0
-    if abs(A) > _ZERO:
-        disc = B * B - 4.0 * A * C
-        if disc >= 0.0:
-            root = math.sqrt(disc)
-            candidates += [(-B + root) / (2.0 * A), (-B - root) / (2.0 * A)]
-    elif abs(B) > _ZERO:
-        candidates.append(-C / B)
+    disc = B * B - 4.0 * A * C
+    if disc >= 0.0:
+        # the stable quadratic formula: the roots are q / A and C / q, with no cancellation in q
+        q = -(B + math.copysign(math.sqrt(disc), B)) / 2.0
+        candidates += [q / A] if A != 0.0 else []
+        candidates += [C / q] if q != 0.0 else []
 
     def h(lam):
         return b[1] + delta * lam + s * math.sqrt(max(q2 * lam * lam + q1 * lam + q0, 0.0))
@@ -77,87 +93,201 @@ def solve_dual_two(H, b, s):
     return np.array([lam, 1.0 - lam])
 
 
-def _face_minimiser(H, b, s, face):
-    """Stationary point of Phi on the relative interior of a face of the simplex, or None.
+def _coordinates(H):
+    """Coordinates X (m, r) of the gradients in an orthonormal basis of their span, X X^T = H: a Cholesky
+    factorisation, with pivoting, of the cosine matrix, scaled back by the norms.
 
-    Parametrise the face's affine hull as p = e_{face[0]} + Z y with Z's columns e_j - e_{face[0]}, so that
-    ||G_p||^2 = q(y) = y^T M y + 2 k^T y + k0 and Phi = const + v^T y + s sqrt(q(y)). If M is singular, Phi is
-    constant along a direction inside the face, so some smaller face holds a minimiser: skip. Otherwise
-    completing the square, q = (y - y_q)^T M (y - y_q) + q_min, and Phi' = 0 gives the single point
-    y = y_q - (r / s) M^-1 v with r^2 (1 - v^T M^-1 v / s^2) = q_min; where q_min = 0 the kink y_q is the candidate.
+    The general solver works on these vectors rather than on H, which keeps it exact to rounding: a face's geometry
+    then comes from differences of coordinates, not from H_jj - 2 H_jf + H_ff, where a gradient 1e-8 of the others
+    is lost to rounding (normal equations against QR). Factoring cosines makes each gradient's coordinates accurate
+    relative to its own norm, and a direction whose residual is rounding noise (duplicated, antiparallel or dependent
+    gradients) gets no coordinate, so those degeneracies come out exact.
     """
-    first, rest = face[0], list(face[1:])
-    Z = np.zeros((len(H), len(rest)))
+    norms = np.sqrt(np.clip(np.diag(H), 0.0, None))
+    live = np.flatnonzero(norms > 0.0)
+    cosines = H[np.ix_(live, live)] / np.outer(norms[live], norms[live])
+    L = np.zeros((len(live), len(live)))
+    residual = np.ones(len(live))  # 1 - the squared cosines explained by the columns so far
+    rank = 0
+    while rank < len(live) and residual.max() > _ROUNDING:
+        i = int(np.argmax(residual))
+        L[:, rank] = (cosines[:, i] - L[:, :rank] @ L[i, :rank]) / math.sqrt(residual[i])
+        residual -= L[:, rank] ** 2
+        rank += 1
+    X = np.zeros((len(H), rank))
+    X[live] = norms[live, None] * L[:, :rank]
+    return X
+
+
+def _value(X, b, s, p):
+    """Phi(p) from the coordinates: b^T p + s ||p^T X||."""
+    return float(b @ p + s * np.linalg.norm(p @ X))
+
+
+def _terms_size(X, b, s, p):
+    """The size of Phi's terms at p, |b|^T p + s sum_i p_i ||g_i||: the scale its rounding errors are relative to."""
+    return float(np.abs(b) @ p + s * np.linalg.norm(X, axis=1) @ p)
+
+
+def _affine_frame(X, face):
+    """Coordinates on the affine hull of a face (a sorted list of indices): p = e_f + Z y, where f is the face's
+    shortest gradient and Z's columns are e_j - e_f for the others, so that G_p = x_f + D^T y, D's rows x_j - x_f.
+
+    Returns (f, Z, frame, null). frame = (U, sigma, V, lengths), the SVD of D's rows scaled to unit length,
+    D^T = U diag(sigma) V^T diag(lengths), when the differences are linearly independent; else None, with a
+    direction null of Z along which G_p does not move. Independence is judged on the scaled rows, i.e. relative to
+    each difference's own length: with gradient norms 1e6 apart, any absolute threshold is wrong for some.
+    Putting the origin at the shortest gradient keeps the y small near it, where they keep their relative precision.
+    """
+    norms = np.linalg.norm(X, axis=1)
+    first = min(face, key=lambda i: norms[i])
+    rest = [i for i in face if i != first]
+    Z = np.zeros((len(X), len(rest)))
     Z[first, :] = -1.0
     Z[rest, range(len(rest))] = 1.0
-    M = Z.T @ H @ Z
-    if np.linalg.eigvalsh(M)[0] <= _ZERO:
+    D = X[rest] - X[first]
+    lengths = np.linalg.norm(D, axis=1)
+    duplicated = lengths <= _TOLERANCE * (norms[rest] + norms[first])
+    if duplicated.any():
+        return first, Z, None, Z[:, np.argmax(duplicated)]
+    U, sigma, Vt = np.linalg.svd((D / lengths[:, None]).T)
+    if len(sigma) < len(rest) or (len(rest) and sigma[-1] <= _TOLERANCE):
+        return first, Z, None, Z @ (Vt[-1] / lengths)
+    return first, Z, (U[:, :len(rest)], sigma, Vt.T, lengths), None
+
+
+def _face_minimiser(X, b, s, face):
+    """Where Phi goes on the affine hull of a face: (its minimiser, None), or (None, a direction within the hull
+    along which Phi never increases). s > 0.
+
+    In the frame p = e_f + Z y, ||G_p||^2 = q(y) = y^T M y + 2 k^T y + k0 (M = D D^T) and Phi = b_f + v^T y +
+    s sqrt(q(y)), v = Z^T b. Completing the square, q = (y - y_q)^T M (y - y_q) + q_min, and Phi' = 0 gives the single
+    point y = y_q - (r / s) M^-1 v with r^2 (1 - alpha / s^2) = q_min, alpha = v^T M^-1 v. Where q_min = 0 (0 lies in
+    the hull, e.g. antiparallel gradients) it is the kink y_q, where G_p = 0. If alpha >= s^2 there is no minimiser:
+    Phi falls (or levels off) forever along -M^-1 v, a convex function whose slope at infinity is <= 0. If the
+    differences are dependent, Phi is constant along the null direction: G_p does not move, nor does b^T p = w^T H p.
+    """
+    first, Z, frame, null = _affine_frame(X, face)
+    if frame is None:
+        return None, null
+    U, sigma, V, lengths = frame
+    t = V.T @ (Z.T @ b / lengths) / sigma  # the projection of g0 onto the face's directions, in the basis U
+    M_inv_v = V @ (t / sigma) / lengths
+    if t @ t >= s * s:  # alpha = t^T t
+        return None, -Z @ M_inv_v
+    x_f = X[first]
+    y_q = -V @ (U.T @ x_f / sigma) / lengths
+    q_min = np.linalg.norm(x_f - U @ (U.T @ x_f)) ** 2
+    r = math.sqrt(q_min / (1.0 - (t @ t) / (s * s)))
+    return np.eye(len(X))[first] + Z @ (y_q - (r / s) * M_inv_v), None
+
+
+def _descend(X, b, s, p, support):
+    """From p on the face `support`, the minimiser of Phi over that face: Wolfe's minor cycle (as in his min-norm
+    point algorithm). Go to the minimiser on the face's affine hull if it lies inside the face; else move towards it
+    (or along the direction of decrease, or of constancy) until a coordinate reaches 0, drop that vertex, repeat.
+    Phi never increases: it is convex, and the target is no worse than p."""
+    while len(support) > 1:
+        target, direction = _face_minimiser(X, b, s, support)
+        if target is not None and target[support].min() > 0.0:
+            return target, support
+        if target is not None:
+            direction = target - p
+        shrinking = np.flatnonzero(direction < 0.0)  # not empty: the direction sums to 0, or the target has p_i <= 0
+        steps = -p[shrinking] / direction[shrinking]
+        p = np.maximum(p + steps.min() * direction, 0.0)
+        p[shrinking[np.argmin(steps)]] = 0.0
+        support = [i for i in support if p[i] > 0.0]
+    return p / p.sum(), support
+
+
+def _leave_kink(X, b, s, p, support):
+    """At a kink, where the support's gradients cancel (G_p = 0, so Phi(p) = b^T p = w^T H p = 0): None if p is
+    optimal, else a point where Phi < 0, from which descent never comes back to a kink.
+
+    Phi is not differentiable here, so the gradient cannot tell. By duality p is optimal iff some direction
+    d = g0 + s u, ||u|| <= 1, has <g_i, d> >= 0 for every i. On the support the cancellation forces d to be orthogonal
+    to V = span of the support's g_i, which uses ||P_V g0||^2 = alpha of the radius s^2. What is left is the same
+    problem for the other objectives, projected onto V's complement: gradients P g_j, b'_j = <P g_j, g0>, radius
+    s' = sqrt(s^2 - alpha) > 0 (the kink was the hull's minimiser). Its value is >= 0 iff p is optimal. If it is
+    negative at p', with x' = sum_j p'_j P g_j, then x = x' - (||x'|| / s') P_V g0 has <x, g0> + s ||x|| = Phi'(p') < 0
+    as well, and x is a point of the cone of the g_i: the support's g_i span V and cancel with positive weights,
+    so any part in V is a non-negative combination of them.
+    """
+    others = [i for i in range(len(X)) if i not in support]
+    if not others:
         return None
-    k = H[:, first] @ Z
-    v = b @ Z
-    y_q = -np.linalg.solve(M, k)
-    q_min = max(H[first, first] + k @ y_q, 0.0)
-    M_inv_v = np.linalg.solve(M, v)
-    alpha = v @ M_inv_v
-    if s <= 0.0 or alpha >= s * s:  # no stationary point inside: the face's minimum lies on its boundary
+    _, Z, (U, sigma, V, lengths), _ = _affine_frame(X, support)  # 0 is in the hull, so U spans V
+    t = V.T @ (Z.T @ b / lengths) / sigma  # P_V g0 in the basis U
+    X_reduced = X[others] - (X[others] @ U) @ U.T
+    b_reduced = b[others] - (X[others] @ U) @ t
+    in_V = np.linalg.norm(X_reduced, axis=1) <= _TOLERANCE * np.linalg.norm(X[others], axis=1)  # up to rounding
+    X_reduced[in_V], b_reduced[in_V] = 0.0, 0.0
+    s_reduced = math.sqrt(s * s - t @ t)  # the same alpha as _face_minimiser's, which found it below s^2
+    p_reduced = _solve_active_set(X_reduced, b_reduced, s_reduced)
+    escape = np.zeros(len(X))
+    escape[others] = p_reduced
+    if _value(X_reduced, b_reduced, s_reduced, p_reduced) >= -_TOLERANCE * _terms_size(X, b, s, escape):
         return None
-    r = math.sqrt(q_min / (1.0 - alpha / (s * s)))
-    y = y_q - (r / s) * M_inv_v
-    p = np.zeros(len(H))
-    p[first] = 1.0 - y.sum()
-    p[rest] = y
-    return p if p.min() >= -1e-12 else None
+    # the support's weights nu put the part of x in V at -(||x'|| / s') P_V g0 - P_V sum_j p'_j g_j (in the basis U);
+    # adding a multiple of the cancelling weights p makes them non-negative without moving x
+    target = -(np.linalg.norm(p_reduced @ X_reduced) / s_reduced) * t - U.T @ (p_reduced @ X[others])
+    nu = Z @ (V @ (target / sigma) / lengths)
+    escape += nu + max(0.0, max(-nu[i] / p[i] for i in support)) * p
+    return escape / escape.sum()
+
+
+def _solve_active_set(X, b, s):
+    """argmin_simplex Phi for gradients with coordinates X (m, r), s > 0: Wolfe's active-set method, exact like the
+    enumeration of all 2^m - 1 faces but only visiting the faces on a path of decrease.
+
+    Start at the best vertex. At the minimiser of Phi over the current face, Phi's gradient
+    grad = b + s H p / ||G_p|| is constant on the support (= grad^T p = Phi(p), Phi being 1-homogeneous); if no
+    vertex has a smaller gradient, the Frank-Wolfe gap Phi(p) - min_i grad_i, an upper bound on Phi(p) - Phi*, is
+    zero and p is optimal. Otherwise add the vertex with the smallest gradient (it lies outside the face's affine
+    hull, so the face stays non-degenerate) and descend on the larger face. Phi falls strictly at every step and
+    each step ends at the face minimiser of its support, so no support comes back and the method stops, in
+    practice after about one step per vertex of the final support. The kink G_p = 0 is handled by _leave_kink.
+    """
+    norms = np.linalg.norm(X, axis=1)
+    start = int(np.argmin(b + s * norms))
+    p, support, value = np.eye(len(X))[start], [start], float(b[start] + s * norms[start])
+    seen = {(start,)}
+    while True:
+        x = p @ X
+        length = np.linalg.norm(x)
+        if length <= _TOLERANCE * (norms @ p):  # G_p = 0 up to rounding
+            escape = _leave_kink(X, b, s, p, support)
+            if escape is None:
+                return p
+            candidate, candidate_support = escape, [int(i) for i in np.flatnonzero(escape)]
+        else:
+            grad = b + s * (X @ x) / length
+            j = int(np.argmin(grad))
+            if grad[j] >= value - _TOLERANCE * _terms_size(X, b, s, p) or j in support:  # j in it: noise
+                return p
+            candidate, candidate_support = p, sorted(support + [j])
+        candidate, candidate_support = _descend(X, b, s, candidate, candidate_support)
+        # In exact arithmetic Phi falls at every step, if only by a hair (a huge gradient enters with a tiny weight),
+        # so no support comes back; in floating point, a rise or a support seen before is rounding noise: stop.
+        candidate_value = _value(X, b, s, candidate)
+        if candidate_value > value or tuple(candidate_support) in seen:
+            return p
+        seen.add(tuple(candidate_support))
+        p, support, value = candidate, candidate_support, candidate_value
 
 
 def solve_dual(H, b, s):
-    """argmin_{p in simplex} b^T p + s sqrt(p^T H p) for any m; H normalised (trace 1).
-
-    m = 2: closed form. m <= 10: exact, by enumerating every face of the simplex (vertices, edges, ..., the
-    interior) and taking the best stationary point (Phi is convex, so the face holding the minimiser yields it).
-    m > 10: projected gradient on the simplex warm-started at the best vertex, then polished by the exact face
-    solve on the support it found.
-    """
+    """argmin_{p in simplex} b^T p + s sqrt(p^T H p) for any m, with b = H w for some w (so that Phi = 0 wherever
+    G_p = 0). m = 2: closed form. s = 0: Phi is linear, a vertex. Else the exact active-set method, on coordinates."""
     m = len(H)
     if m == 1:
         return np.ones(1)
     if m == 2:
         return solve_dual_two(H, b, s)
-    if m <= _MAX_ENUMERATION_M:
-        faces = [f for size in range(2, m + 1) for f in combinations(range(m), size)]
-        candidates = [np.eye(m)[i] for i in range(m)] + [_face_minimiser(H, b, s, f) for f in faces]
-        candidates = [p for p in candidates if p is not None]
-        return np.clip(min(candidates, key=lambda p: phi(H, b, s, p)), 0.0, None)
-    return _solve_iterative(H, b, s)
-
-
-def _project_to_simplex(x):
-    """Euclidean projection onto {p >= 0, sum p = 1} (sort-based, Held et al. 1974)."""
-    u = np.sort(x)[::-1]
-    cumulative = np.cumsum(u) - 1.0
-    rho = np.nonzero(u - cumulative / np.arange(1, len(x) + 1) > 0)[0][-1]
-    return np.maximum(x - cumulative[rho] / (rho + 1.0), 0.0)
-
-
-def _solve_iterative(H, b, s, iters=5000):
-    m = len(H)
-    p = np.eye(m)[min(range(m), key=lambda i: phi(H, b, s, np.eye(m)[i]))]
-    step = 1.0
-    for _ in range(iters):
-        norm = math.sqrt(max(float(p @ H @ p), 0.0))
-        grad = b + (s * (H @ p) / norm if norm > 1e-9 else 0.0)
-        while True:  # backtracking: Phi's curvature grows without bound near G_p = 0
-            candidate = _project_to_simplex(p - step * grad)
-            if phi(H, b, s, candidate) <= phi(H, b, s, p) - 0.5 / step * np.sum((candidate - p) ** 2) + 1e-15:
-                break
-            step *= 0.5
-        if np.abs(candidate - p).max() < 1e-13:
-            break
-        p, step = candidate, step * 1.5
-    support = tuple(np.nonzero(p > 1e-9)[0])
-    polished = _face_minimiser(H, b, s, support) if len(support) > 1 else None
-    if polished is not None and phi(H, b, s, polished) <= phi(H, b, s, p):
-        p = np.clip(polished, 0.0, None)
-    return p
+    if s == 0.0:
+        return np.eye(m)[np.argmin(b)]
+    return _solve_active_set(_coordinates(H), b, s)
 
 
 def _pcgrad(H, w):
@@ -173,7 +303,7 @@ def _pcgrad(H, w):
     for i in range(m):
         for j in [(i + k) % m for k in range(1, m)]:
             inner = C[i] @ H[:, j]
-            if inner < 0.0 and H[j, j] > _ZERO:
+            if inner < 0.0 and H[j, j] > 0.0:  # only an exactly zero g_j is skipped: a tiny one still conflicts
                 C[i, j] -= inner / H[j, j]
     return w @ C
 
@@ -203,11 +333,11 @@ def raco_direction(H, w, c, clip=True):
     is the optimizer's.
     """
     b = H @ w                                                # line 3: g0 = sum_i w_i g_i, via b_i = <g_i, g0>
-    s = c * math.sqrt(max(w @ H @ w, 0.0))                   # line 4: the radius c ||g0|| ...
+    s = c * _length(H, w)                                    # line 4: the radius c ||g0|| ...
     p = solve_dual(H, b, s)                                  # line 4: ... and p = argmin_simplex b^T p + s ||G_p||
     p_tilde = clip_to_weights(p, w) if clip else p           # line 5: p~ = min(p, w), not renormalised
-    norm_tilde = math.sqrt(max(p_tilde @ H @ p_tilde, 0.0))  # line 6: ||G~||, G~ = sum_i p~_i g_i
-    if s == 0.0 or norm_tilde <= math.sqrt(_ZERO):           # line 7 when ||g0|| = 0, c = 0 or G~ = 0: d = g0
+    norm_tilde = _length(H, p_tilde)                         # line 6: ||G~||, G~ = sum_i p~_i g_i
+    if s == 0.0 or norm_tilde == 0.0:                        # line 7 when ||g0|| = 0, c = 0 or G~ = 0: d = g0
         return w.copy(), p, p_tilde
     return w + s * p_tilde / norm_tilde, p, p_tilde          # line 7: d = g0 + c ||g0|| G~ / ||G~||
 

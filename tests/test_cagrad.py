@@ -1,11 +1,14 @@
 """The solvers of cagrad.py against independent computations: brute force, KKT certificates, hand-worked values."""
 
 import math
+from decimal import Decimal, localcontext
+from itertools import combinations
 
 import numpy as np
 import pytest
 import torch
 
+import cagrad
 from cagrad import coefficients, phi, solve_dual, solve_dual_two
 
 RNG = np.random.default_rng(0)
@@ -37,6 +40,79 @@ def frank_wolfe_gap(H, b, s, p):
     return float(grad @ p - grad.min())
 
 
+def _face_stationary_point(H, b, s, face):
+    """The stationary point of Phi on the relative interior of a face, or None (SPEC's closed form, as
+    cagrad.py's enumeration had it up to m = 10): p = e_f + sum_j y_j (e_j - e_f), M the Gram matrix of the g_j - g_f,
+    q_min = min ||G_p||^2 on the face's affine hull, y = y_q - (r / s) M^-1 v, r^2 (1 - v^T M^-1 v / s^2) = q_min.
+    A singular M means Phi is constant along a line of the face: a smaller face holds the minimum."""
+    f, rest = face[0], face[1:]
+    n = len(rest)
+    rows = [[H[j][l] - H[j][f] - H[f][l] + H[f][f] for l in rest] + [H[j][f] - H[f][f], b[j] - b[f]] for j in rest]
+    for col in range(n):  # Gauss-Jordan elimination on [M | k | v]
+        pivot = max(range(col, n), key=lambda r: abs(rows[r][col]))
+        if rows[pivot][col] == 0:
+            return None
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(n):
+            if r != col:
+                factor = rows[r][col] / rows[col][col]
+                rows[r] = [x - factor * y for x, y in zip(rows[r], rows[col])]
+    if any(rows[r][r] == 0 for r in range(n)):  # a pivot cancelled to zero later on: singular after all
+        return None
+    M_inv_k = [rows[r][n] / rows[r][r] for r in range(n)]
+    M_inv_v = [rows[r][n + 1] / rows[r][r] for r in range(n)]
+    q_min = max(H[f][f] - sum((H[j][f] - H[f][f]) * x for j, x in zip(rest, M_inv_k)), Decimal(0))
+    alpha = sum((b[j] - b[f]) * x for j, x in zip(rest, M_inv_v))
+    if s == 0 or alpha >= s * s:
+        return None
+    r = (q_min / (1 - alpha / (s * s))).sqrt()
+    y = [-k - r / s * v for k, v in zip(M_inv_k, M_inv_v)]
+    p = [Decimal(0)] * len(H)
+    p[f] = 1 - sum(y)
+    for j, y_j in zip(rest, y):
+        p[j] = y_j
+    return p
+
+
+def exact_minimum(H, b, s):
+    """(Phi*, p*) by enumerating every face of the simplex (vertices, edges, ..., the interior: Phi is convex, so
+    the face holding the minimiser yields it as a stationary point), in 40-digit decimal arithmetic on the exact
+    values of the float64 H, b, s. Independent of cagrad's solver, and exact where float64 is not: with gradient norms
+    1e12 apart the entries of H span 1e24. 2^m faces: 0.3 s at m = 11."""
+    with localcontext() as context:
+        context.prec = 40
+        m = len(H)
+        H, b, s = [[_exact(x) for x in row] for row in H], [_exact(x) for x in b], _exact(s)
+        candidates = [[Decimal(int(i == j)) for j in range(m)] for i in range(m)]
+        for face in (f for size in range(2, m + 1) for f in combinations(range(m), size)):
+            p = _face_stationary_point(H, b, s, face)
+            if p is not None and min(p) >= 0:
+                candidates.append(p)
+        best = min(candidates, key=lambda p: exact_phi(H, b, s, p))
+        return float(exact_phi(H, b, s, best)), np.array([float(x) for x in best])
+
+
+def exact_phi(H, b, s, p):
+    """Phi(p) in 40-digit decimal arithmetic (floats are converted exactly): no rounding noise under the root."""
+    with localcontext() as context:
+        context.prec = 40
+        H, b, s, p = [[_exact(x) for x in row] for row in H], [_exact(x) for x in b], _exact(s), [_exact(x) for x in p]
+        square = sum(p[i] * H[i][j] * p[j] for i in range(len(p)) for j in range(len(p)))
+        return sum(x * y for x, y in zip(b, p)) + s * max(square, Decimal(0)).sqrt()
+
+
+def _exact(x):
+    return x if isinstance(x, Decimal) else Decimal(float(x))
+
+
+def assert_minimal(H, b, s, p, best):
+    """Phi(p), evaluated exactly, is Phi* to 1e-9 relative, or to 1e-13 of the size of Phi's terms where Phi* is 0
+    (a kink: G_p = 0 up to the rounding of p's float coordinates)."""
+    terms = np.abs(b) @ p + s * np.sqrt(np.diag(H)) @ p
+    assert p.min() >= 0.0 and p.sum() == pytest.approx(1.0, abs=1e-12)
+    assert float(exact_phi(H, b, s, p)) == pytest.approx(best, rel=1e-9, abs=1e-13 * terms)
+
+
 def test_direction_is_algorithm_1_by_hand():
     """SPEC's worked example (its numbers are checked once, in test_toy.py): the direction from the vectors."""
     G = torch.tensor([[1.0, -4.0], [-1.0, 1.0]], dtype=torch.float64)
@@ -58,13 +134,11 @@ def test_closed_form_matches_brute_force(dim):
 
 
 def test_closed_form_matches_general_solver():
-    # the face enumeration is an independent derivation (sum-zero parametrisation, not the squared quadratic)
-    from cagrad import _face_minimiser
+    # the active-set method is an independent derivation (affine coordinates on faces, not the squared quadratic)
     for _ in range(100):
         _, H, b, s, _ = random_problem(2, 4)
-        candidates = [np.eye(2)[0], np.eye(2)[1], _face_minimiser(H, b, s, (0, 1))]
-        best = min(phi(H, b, s, p) for p in candidates if p is not None)
-        assert phi(H, b, s, solve_dual_two(H, b, s)) == pytest.approx(best, rel=1e-9, abs=1e-15)
+        general = phi(H, b, s, cagrad._solve_active_set(cagrad._coordinates(H), b, s))
+        assert phi(H, b, s, solve_dual_two(H, b, s)) == pytest.approx(general, rel=1e-9, abs=1e-15)
 
 
 @pytest.mark.parametrize("m", [3, 4, 6, 12])
@@ -81,12 +155,126 @@ def test_general_solver_reaches_the_minimum(m):
         assert value <= min(phi(H, b, s, q) for q in cloud) + 1e-12
 
 
-def test_iterative_solver_agrees_with_enumeration():
-    from cagrad import _solve_iterative
-    for _ in range(10):
-        _, H, b, s, _ = random_problem(5, 8)
-        exact = phi(H, b, s, solve_dual(H, b, s))
-        assert phi(H, b, s, _solve_iterative(H, b, s)) == pytest.approx(exact, rel=1e-9, abs=1e-14)
+def integer_gradients(m, kind, rng):
+    """Small-integer gradients: H = G G^T is exact, and so are its degeneracies (G_p = 0 exactly at the kinks)."""
+    G = rng.integers(-3, 4, size=(m, {"rank 2": 2, "rank 3": 3}.get(kind, m + 2))).astype(float)
+    if kind == "duplicated":
+        G[1] = G[0]
+    if kind == "antiparallel":
+        G[1] = -2.0 * G[0]
+    if kind == "zero":
+        G[0] = 0.0
+    if kind == "antiparallel, others 1e-6 as long":
+        G[1] = -2.0 * G[0]
+        G[2:] *= 2.0**-20  # exact: H stays exact
+    return G
+
+
+FAMILIES = ["full rank", "rank 2", "rank 3", "duplicated", "antiparallel", "zero", "antiparallel, others 1e-6 as long"]
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_general_solver_matches_exact_enumeration(kind):
+    rng = np.random.default_rng(FAMILIES.index(kind))
+    for trial in range(10):
+        m = 3 + trial % 4
+        G = integer_gradients(m, kind, rng)
+        H, w, c = G @ G.T, rng.dirichlet(np.ones(m)), [0.4, 0.9, 0.999][trial % 3]
+        for b, s in [(H @ w, c * math.sqrt(w @ H @ w)), (np.zeros(m), 1.0)]:  # RACO's / CAGrad's dual, MGDA's
+            assert_minimal(H, b, s, solve_dual(H, b, s), exact_minimum(H, b, s)[0])
+
+
+def test_a_kink_can_be_the_optimum():
+    # g_1 = -g_2 cancel and g_3 agrees with g0: d = g0 already has <g_i, d> >= 0 for every i, so Phi* = 0, attained
+    # only at p = (1/2, 1/2, 0), where G_p = 0 and Phi has no gradient. RACO's clipped mixture cancels too: d = g0.
+    G = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    w = np.array([0.1, 0.1, 0.8])
+    a, info = coefficients(G @ G.T, w, "raco", c=0.4)
+    assert np.allclose(info["p"].numpy(), [0.5, 0.5, 0.0], atol=1e-12)
+    assert np.allclose(a.numpy(), w)
+
+
+def test_solver_leaves_a_kink_that_is_not_optimal(monkeypatch):
+    # g_2 = (2, -2) and g_3 = (-1, 1) cancel at p = (0, 1/3, 2/3, 0), where the descent stops first with Phi = 0;
+    # the projected problem on the other objectives shows Phi* < 0 elsewhere (the dual of _leave_kink)
+    G = np.array([[-1.0, -3.0], [2.0, -2.0], [-1.0, 1.0], [-1.0, 2.0]])
+    w = np.array([0.54, 0.01, 0.32, 0.13])
+    H = G @ G.T
+    b, s = H @ w, 0.9 * math.sqrt(w @ H @ w)
+    kinks = []
+    leave_kink = cagrad._leave_kink
+    monkeypatch.setattr(cagrad, "_leave_kink", lambda *args: kinks.append((args[4], leave_kink(*args))) or kinks[-1][1])
+    p = solve_dual(H, b, s)
+    assert len(kinks) == 1 and kinks[0][0] == [1, 2]
+    assert phi(H, b, s, kinks[0][1]) < 0.0  # the escape
+    assert_minimal(H, b, s, p, exact_minimum(H, b, s)[0])
+    assert phi(H, b, s, p) < -0.01
+
+
+def test_beyond_ten_objectives_the_issue_examples():
+    # 11 gradients of rank 3 (0 lies in their hull, so the dual has kinks), c = 0.999, uniform weights: the
+    # projected-gradient path divided by zero here when its backtracking step underflowed
+    rng = np.random.default_rng
+    w = np.full(11, 1 / 11)
+    for seed in (6, 7):
+        G = rng(6).standard_normal((11, 3)) @ rng(seed).standard_normal((3, 40))
+        H = G @ G.T
+        for method in ("cagrad", "raco"):
+            a, info = coefficients(H, w, method, c=0.999)
+            assert torch.isfinite(a).all()
+            b, s = H @ w, 0.999 * math.sqrt(w @ H @ w)
+            assert_minimal(H, b, s, info["p"].numpy(), exact_minimum(H, b, s)[0])
+    # MGDA crashed for rank-deficient Gram matrices, m = 11 - 13; 0 is in the hull, so the min-norm point is 0
+    for m in (11, 12, 13):
+        G = rng(m).standard_normal((m, 3)) @ rng(0).standard_normal((3, 40))
+        a, _ = coefficients(G @ G.T, np.full(m, 1 / m), "mgda")
+        assert np.linalg.norm(a.numpy() @ G) <= 1e-12 * (a.numpy() @ np.linalg.norm(G, axis=1))
+
+
+@pytest.mark.parametrize("m", [12, 16, 30])
+def test_many_objectives_are_certified_optimal(m):
+    # no enumeration at this size (2^m faces): the Frank-Wolfe gap, from the vectors, proves Phi(p) - Phi* <= gap
+    rng = np.random.default_rng(m)
+    for trial in range(4):
+        G = rng.normal(size=(m, [m + 5, 1000][trial % 2]))
+        w = rng.dirichlet(np.ones(m)) if trial < 2 else np.full(m, 1 / m)
+        for method, c in [("cagrad", 0.4), ("raco", 0.999), ("mgda", 0.4)]:
+            _, info = coefficients(G @ G.T, w, method, c=c)
+            x = info["p"].numpy() @ G
+            g0 = w @ G if method != "mgda" else np.zeros(G.shape[1])
+            s = c * np.linalg.norm(g0) if method != "mgda" else 1.0
+            grad = G @ g0 + s * G @ x / np.linalg.norm(x)
+            value = x @ g0 + s * np.linalg.norm(x)
+            assert value - grad.min() <= 1e-9 * abs(value)
+
+
+def spread_gradients(m, rng):
+    """Gradients in m + 3 dimensions whose norms span 1e-6 .. 1e6, as objectives' gradients do in LLM training."""
+    G = rng.normal(size=(m, m + 3))
+    norms = 10.0 ** np.linspace(-6.0, 6.0, m)
+    return G * (rng.permutation(norms) / np.linalg.norm(G, axis=1))[:, None]
+
+
+@pytest.mark.parametrize("m", [2, 3, 5, 11])
+def test_tiny_gradients_are_not_zero(m):
+    # an absolute 1e-12 on the trace-normalised H treated the gradients below ~1e-6 of the largest as zero: the dual
+    # skipped the face holding its minimum and fell back to a vertex. Against the exact enumeration, dual and direction.
+    rng = np.random.default_rng(m)
+    for _ in range(4 if m < 11 else 1):
+        G = spread_gradients(m, rng)
+        H, w = G @ G.T, rng.dirichlet(np.ones(m))
+        g0 = w @ G
+        for method in ("cagrad", "raco", "mgda"):
+            a, info = coefficients(H, w, method, c=0.4)
+            b, s = (H @ w, 0.4 * np.linalg.norm(g0)) if method != "mgda" else (np.zeros(m), 1.0)
+            best, p = exact_minimum(H, b, s)
+            assert_minimal(H, b, s, info["p"].numpy(), best)
+            if method == "mgda":
+                d = p @ G
+            else:
+                mixture = (np.minimum(p, w) if method == "raco" else p) @ G
+                d = g0 + s * mixture / np.linalg.norm(mixture)
+            assert np.linalg.norm(a.numpy() @ G - d) <= 1e-7 * np.linalg.norm(d)
 
 
 @pytest.mark.parametrize("method", ["cagrad", "raco", "mgda", "pcgrad"])  # lw returns w whatever H is
@@ -164,22 +352,37 @@ def test_mgda_is_the_min_norm_point_and_ignores_weights():
     assert norm(a1.numpy()) <= min(norm(q) for q in cloud) + 1e-12
 
 
-def test_pcgrad_matches_explicit_projection():
-    G, H, _, _, w = random_problem(3, 6, rng=np.random.default_rng(7))
+def pcgrad_by_projection(G, w):
+    """PCGrad on the vectors themselves: each g_i projected off the g_j it conflicts with, j = i+1, i+2, ..."""
     projected = []
-    for i in range(3):
+    for i in range(len(G)):
         g = G[i].copy()
-        for j in [(i + 1) % 3, (i + 2) % 3]:
+        for j in [(i + k) % len(G) for k in range(1, len(G))]:
             if g @ G[j] < 0:
                 g -= (g @ G[j]) / (G[j] @ G[j]) * G[j]
         projected.append(g)
-    expected = sum(w[i] * projected[i] for i in range(3))
+    return w @ np.array(projected)
+
+
+def test_pcgrad_matches_explicit_projection():
+    G, H, _, _, w = random_problem(3, 6, rng=np.random.default_rng(7))
     a, _ = coefficients(H, w, "pcgrad")
-    assert np.allclose(a.numpy() @ G, expected, atol=1e-10)
+    assert np.allclose(a.numpy() @ G, pcgrad_by_projection(G, w), atol=1e-10)
     # without conflicts PCGrad is loss weighting
     G_agree = np.abs(G)
     a, _ = coefficients(G_agree @ G_agree.T, w, "pcgrad")
     assert np.allclose(a.numpy(), w)
+
+
+@pytest.mark.parametrize("m", [2, 3, 5, 12])
+def test_pcgrad_projects_onto_tiny_gradients(m):
+    # a gradient 1e-6 of the largest still conflicts: skipping the projection onto it moved d by up to 23%
+    rng = np.random.default_rng(m)
+    for _ in range(10):
+        G, w = spread_gradients(m, rng), rng.dirichlet(np.ones(m))
+        expected = pcgrad_by_projection(G, w)
+        a, _ = coefficients(G @ G.T, w, "pcgrad")
+        assert np.linalg.norm(a.numpy() @ G - expected) <= 1e-9 * np.linalg.norm(expected)
 
 
 @pytest.mark.parametrize("method", ["lw", "cagrad", "raco", "mgda", "pcgrad"])
