@@ -1,7 +1,7 @@
 """Score against KL on the embedded world: each method's frontier, and who is ahead at matched KL.
 
-    python frontier.py              # 6 methods x 3 learning rates x 3 weights x 3 seeds, scored 4 times per run
-    python frontier.py --quick      # lw, cagrad, raco; 2 learning rates; one weight; one seed (a few minutes)
+    python frontier.py              # 6 methods x 4 learning rates x 3 weights x 3 seeds, scored 5 times per run
+    python frontier.py --quick      # lw, cagrad, raco; 3 learning rates; one weight; one seed (a few minutes)
 
 CAGrad's and RACO's step is d = g0 + c ||g0|| G~/||G~||, longer than DPO-LW's g0, so at one learning rate they move
 further from the reference, and scores at unequal KL(pi || pi_ref) do not compare methods. The DPO paper's answer
@@ -26,10 +26,10 @@ from metrics import mean_se
 from policy import load_model
 from train import OneLineParser, UsageError, run_command
 
-QUICK = dict(methods="lw,cagrad,raco", lrs="5e-4,1e-3", sweep="0.5", seeds="0", steps=40, prompts=32, samples=2,
-             pairs=64, points=2)
-FULL = dict(methods=",".join(train.TRAIN_METHODS), lrs="2.5e-4,5e-4,1e-3", sweep="0.2,0.5,0.8", seeds="0,1,2",
-            steps=100, prompts=64, samples=4, pairs=256, points=4)
+QUICK = dict(methods="lw,cagrad,raco", lrs="2.5e-4,5e-4,1e-3", sweep="0.8", seeds="0", steps=60, prompts=32, samples=4,
+             pairs=64, points=3)
+FULL = dict(methods=",".join(train.TRAIN_METHODS), lrs="1e-4,2.5e-4,5e-4,1e-3", sweep="0.2,0.5,0.8", seeds="0,1,2",
+            steps=100, prompts=64, samples=4, pairs=256, points=5)
 KL_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # where frontiers are compared, within what both methods reached
 
 
