@@ -56,5 +56,5 @@ def test_the_command_scores_every_checkpoint_and_writes_its_report(tiny_world, t
     with open(out / "frontier.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     report = (out / "frontier.md").read_text()
-    assert "## Weights 0.5:0.5" in report and "| raco - lw |" in report
+    assert "## Weights 0.8:0.2" in report and "| raco - lw |" in report
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
