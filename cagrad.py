@@ -399,7 +399,8 @@ def coefficients(H, w, method="raco", c=0.4):
             info["rho_clipped"] = _cos(H, w, p_tilde)
             total = p_tilde.sum()
             info["clip_changed"] = float(total <= 0 or np.abs(p_tilde / max(total, 1e-300) - info["p"]).max() > 1e-9)
-            info["cos_cagrad"] = _cos(H, a, raco_direction(Hn, w, c, clip=False)[0])
+            s, norm_p = c * _length(Hn, w), _length(Hn, info["p"])  # CAGrad's line 7 on the same dual, unclipped
+            info["cos_cagrad"] = _cos(H, a, w + s * info["p"] / norm_p if s and norm_p else w)
     info["direction_norm"] = math.sqrt(max(a @ H @ a, 0.0))
     info = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in info.items()}
     return torch.from_numpy(a), info
