@@ -240,3 +240,18 @@ def test_precomputed_reference_log_probs_train_the_same_policy(extra, tiny_model
         "--max-prompt-length", "32")  # other tokenisation settings: another cache, never the stale one
     assert len(list((tmp_path / "cached").glob("reference_logps-*"))) == 2
     assert cached["config"]["precompute_ref"]
+
+
+def test_weights_that_overflow_when_summed_are_normalised():
+    assert train.parse_weights("1e308,1e308", 2) == [0.5, 0.5]
+    assert train.parse_weights("3,1", 2) == [0.75, 0.25]
+
+
+def test_no_module_forces_offline_mode_on_import():
+    """A user's hub data set or reward model must not be forced offline by an import (world.py once did this)."""
+    modules = [f[:-3] for f in sorted(os.listdir(ROOT)) if f.endswith(".py")]
+    code = f"import os, {', '.join(modules)}; print(os.environ.get('HF_HUB_OFFLINE'))"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "None"
