@@ -255,3 +255,17 @@ def test_no_module_forces_offline_mode_on_import():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(tiny_model_dir, tiny_pairs, tmp_path):
+    """Non-reentrant checkpointing recomputes the forward in each objective's backward: the same direction."""
+    common = ["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--steps", "3", "--batch-size",
+              "4", "--lr", "1e-2", "--eval-prompts", "0", "--save-every", "0", "--log-every", "1"]
+    run(*common, "--out", str(tmp_path / "plain"))
+    run(*common, "--gradient-checkpointing", "--out", str(tmp_path / "checkpointed"))
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain" / "policy")
+    checkpointed = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpointed" / "policy")
+    for p, q in zip(plain.parameters(), checkpointed.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
+    lines = [json.loads(x) for x in (tmp_path / "checkpointed" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["good/rewards/margins"] > 0 and "a/good" in lines[-1]
