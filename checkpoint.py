@@ -86,17 +86,17 @@ def open_run(config, resume, overwrite):
     except (OSError, ValueError):
         previous = None
     same = previous is not None and _comparable(previous) == _comparable(config)
-    if latest is not None and same:
+    if same and latest is not None:
         return latest  # --resume, or the same command rerun after an interruption: continue where it stopped
     if resume:
-        if latest is None:
-            raise RunError(f"--resume: {out} has no complete checkpoint (is --save-every 0?)")
+        if same:
+            raise RunError(f"--resume: {out} has no complete checkpoint yet (was --save-every 0?)")
         differing = sorted(k for k in set(_comparable(previous or {})) | set(_comparable(config))
                            if (previous or {}).get(k) != config.get(k))
         raise RunError(f"--resume: {out} holds a run with other settings ({', '.join(differing[:4])}); "
                        "resume with the same flags, or --overwrite")
-    if same and "summary.json" in found:
-        return None  # the same run finished without checkpoints: training it again gives the same files
+    if same:
+        return None  # the same run, stopped before its first checkpoint or finished without one: train it again
     raise RunError(f"--out: {out} holds another run ({', '.join(found)}); pass --overwrite to replace it or "
                    "--resume to continue it")
 

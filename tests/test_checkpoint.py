@@ -156,3 +156,18 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_checkpoint(tiny_mode
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: could not write to {out}: File too large"
     assert checkpoint.checkpoints(out) == [] and not (out / "policy").exists()
+
+
+def test_the_same_run_stopped_before_its_first_checkpoint_starts_again(tiny_model_dir, tiny_pairs, tmp_path,
+                                                                       monkeypatch):
+    args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "4", "--save-every", "3"))
+    honest = train.objective_losses
+    monkeypatch.setattr(train, "objective_losses", lambda *a: (_ for _ in ()).throw(RuntimeError("power cut")))
+    with pytest.raises(RuntimeError):
+        train.main(args)
+    assert (tmp_path / "run" / "run.json").exists() and checkpoint.checkpoints(tmp_path / "run") == []
+    with pytest.raises(checkpoint.RunError, match="has no complete checkpoint yet"):
+        train.main(train.parse_args([*flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "4",
+                                            "--save-every", "3"), "--resume"]))
+    monkeypatch.setattr(train, "objective_losses", honest)
+    assert train.main(args)["resumed_from"] is None  # nothing to resume: the same run from the start
