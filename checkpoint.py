@@ -203,8 +203,10 @@ def load_checkpoint(path, model, optimizer):
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, checkpoint_id=os.path.join(path, "state"),
                  no_dist=not (dist.is_available() and dist.is_initialized()))
+    # not strict: the frozen weights (LoRA's base model) are not in a checkpoint; dcp.load has already failed on any
+    # trainable tensor a checkpoint lacks
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=StateDictOptions(ignore_frozen_params=True))
+                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
     return torch.load(os.path.join(path, "trainer.pt"), weights_only=True)
 
 

@@ -41,11 +41,14 @@ def assert_same_run(a, b):
     assert [m["step"] for m in ma] == [m["step"] for m in mb] and ma == mb
 
 
-@pytest.mark.parametrize("method, accumulation", [("raco", "1"), ("raco", "2"), ("lw", "2")])
-def test_resume_after_an_exception_is_bit_identical(method, accumulation, tiny_model_dir, tiny_pairs, tmp_path,
+@pytest.mark.parametrize("method, accumulation, extra", [("raco", "1", []), ("raco", "2", []), ("lw", "2", []),
+                                                       ("raco", "1", ["--lora-r", "4"])])
+def test_resume_after_an_exception_is_bit_identical(method, accumulation, extra, tiny_model_dir, tiny_pairs, tmp_path,
                                                     monkeypatch):
+    if extra:
+        pytest.importorskip("peft")
     common = ["--method", method, "--grad-accum", accumulation, "--steps", "12", "--save-every", "3",
-              "--keep-checkpoints", "1"]
+              "--keep-checkpoints", "1", *extra]
     train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "whole", *common)))
     honest, calls = train.objective_losses, []
 
