@@ -321,27 +321,40 @@ def plot_fronts(rows, stats, methods, names, grid, front, path):
 
 
 def plot_clip(rows, names, grid, path):
-    """RACO's clip diagnostics against the weights: mean over seeds, std bars."""
+    """RACO's clip diagnostics against the weights, mean over seeds with std bars: how often the dual is interior
+    and the clip turns the direction, the objectives' gradient cosine; and the angle the clip turns it by."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = [("interior", "dual interior (fraction of steps)"), ("clip_changed", "clip changes d (fraction)"),
-            ("cos_cagrad", "cos(RACO's d, CAGrad's d)"), (f"cos/{names[0]}-{names[1]}",
-                                                          f"cos(g_{names[0]}, g_{names[1]})")]
     ticks = list(range(len(grid)))
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for key, label in keys:
-        values = [[r[key] for r in rows if r["method"] == "raco" and key in r
+
+    def series(key, transform=float):
+        values = [[transform(r[key]) for r in rows if r["method"] == "raco" and key in r
                    and tuple(r[f"w_{n}"] for n in names) == w] for w in grid]
-        if all(values):
-            mean, std = zip(*[mean_std(v) for v in values])
-            ax.errorbar(ticks, mean, yerr=std, marker="o", capsize=3, label=label)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xticks(ticks, [":".join(f"{v:g}" for v in w) for w in grid], fontsize=7)
-    ax.set(xlabel=f"weights ({':'.join(names)})", ylim=(-1.05, 1.05),
-           title="When the clip matters: RACO's runs, means over each run's steps and over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        return zip(*[mean_std(v) for v in values]) if all(values) else None
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, label, style in (("interior", "dual interior (fraction of steps)", "s--"),
+                              ("clip_changed", "clip turns d (fraction of steps)", "o-"),
+                              (f"cos/{names[0]}-{names[1]}", f"cos(g_{names[0]}, g_{names[1]})", "^-")):
+        found = series(key)
+        if found:
+            mean, std = found
+            left.errorbar(ticks, mean, yerr=std, fmt=style, capsize=3, label=label, alpha=0.8)
+    found = series("cos_cagrad", lambda c: math.degrees(math.acos(min(1.0, max(-1.0, c)))))
+    if found:
+        mean, std = found
+        right.errorbar(ticks, mean, yerr=std, fmt="o-", capsize=3, color="tab:red")
+    for ax in (left, right):
+        ax.set_xticks(ticks, [":".join(f"{v:g}" for v in w) for w in grid], fontsize=7)
+        ax.set_xlabel(f"weights ({':'.join(names)})")
+        ax.grid(alpha=0.3)
+    left.axhline(0, color="grey", lw=0.5)
+    left.set(ylim=(-1.05, 1.05))
+    left.set_title("RACO's runs: means over each run's steps, then over seeds", fontsize=9)
+    left.legend(fontsize=7)
+    right.set_ylabel("degrees")
+    right.set_title("the angle between RACO's and CAGrad's directions (from the mean cosine)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
