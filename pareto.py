@@ -244,9 +244,9 @@ def write_report(rows, stats, methods, names, grid, seeds, front, args):
              f"{len(methods)} methods x {len(grid)} weights x {len(seeds)} seeds, {regime}; {args.prompts} held-out "
              f"prompts x {args.samples} samples at temperature {args.temperature}; {spread}. Hypervolume: from 0, "
              f"exact ({len(names)}-D); the world's exact front (world.exact_front, mixtures allowed) has "
-             f"{stats['exact']:.4f}. Gain: how much of both {names[0]} and {names[1]} a point could still add and stay achievable, the "
-             "mean over the sweep's points. Fidelity: Spearman correlation across the sweep between an objective's "
-             "weight and its score (1: the scores follow the weights' order).", "",
+             f"{stats['exact']:.4f}. Gain: how much of both {names[0]} and {names[1]} a point could still add and "
+             "stay achievable, the mean over the sweep's points. Fidelity: Spearman correlation across the sweep "
+             "between an objective's weight and its score (1: the scores follow the weights' order).", "",
              "| method | hypervolume | share of exact | gain to the front | "
              + " | ".join(f"fidelity {n}" for n in names) + " | KL, mean over the sweep |", "|---" * (5 + len(names))
              + "|"]
@@ -301,7 +301,9 @@ def plot_fronts(rows, stats, methods, names, grid, front, path):
         points = [[r for r in rows if r["method"] == m and tuple(r[f"w_{n}"] for n in names) == w] for w in grid]
         xs, x_std = zip(*[mean_std([r[x] for r in p]) for p in points])
         ys, y_std = zip(*[mean_std([r[y] for r in p]) for p in points])
-        line = ax.errorbar(xs, ys, xerr=x_std, yerr=y_std, marker="o", ms=4, capsize=2, lw=1.2,
+        # three objectives: no line, the design's order is no path along a front
+        line = ax.errorbar(xs, ys, xerr=x_std, yerr=y_std, marker="o", ms=4, capsize=2,
+                           lw=1.2 if len(names) == 2 else 0,
                            label=f"{m} (hypervolume {fmt(stats['hypervolume'][m])}, {fmt(stats['share'][m], 2)} of "
                                  "exact)")
         for w, a, b in zip(grid, xs, ys):
