@@ -302,8 +302,8 @@ def plot_fronts(rows, stats, methods, names, grid, front, path):
         xs, x_std = zip(*[mean_std([r[x] for r in p]) for p in points])
         ys, y_std = zip(*[mean_std([r[y] for r in p]) for p in points])
         # three objectives: no line, the design's order is no path along a front
-        line = ax.errorbar(xs, ys, xerr=x_std, yerr=y_std, marker="o", ms=4, capsize=2,
-                           lw=1.2 if len(names) == 2 else 0,
+        line = ax.errorbar(xs, ys, xerr=x_std, yerr=y_std, marker="o", ms=4, capsize=2, lw=1.2,
+                           ls="-" if len(names) == 2 else "none",
                            label=f"{m} (hypervolume {fmt(stats['hypervolume'][m])}, {fmt(stats['share'][m], 2)} of "
                                  "exact)")
         for w, a, b in zip(grid, xs, ys):
