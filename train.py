@@ -393,8 +393,9 @@ def train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, 
                 if main_process:
                     log.write(json.dumps({"step": step, **state["final"]}) + "\n")
                     log.flush()
-                    progress.set_postfix({"loss": f"{state['final'].get('loss/weighted', math.nan):.3f}",
-                                          **{f"acc/{n}": f"{state['final'].get(f'{n}/rewards/accuracies', math.nan):.2f}"
+                    shown = state["final"]
+                    progress.set_postfix({"loss": f"{shown.get('loss/weighted', math.nan):.3f}",
+                                          **{f"acc/{n}": f"{shown.get(f'{n}/rewards/accuracies', math.nan):.2f}"
                                              for n in names}})
             if state["bad_steps"] >= cfg.max_bad_steps:
                 raise TrainingError(

@@ -66,7 +66,8 @@ def test_reward_scores_equal_a_direct_forward_of_each_text(reward_model_dir):
     assert len(set(round(s, 6) for s in scores)) == 3
 
 
-def test_checkpoint_on_real_style_data_is_scored_by_reward_models(tiny_model_dir, tiny_pairs, reward_model_dir, tmp_path):
+def test_checkpoint_on_real_style_data_is_scored_by_reward_models(tiny_model_dir, tiny_pairs, reward_model_dir,
+                                                                  tmp_path):
     run = tmp_path / "run"
     train.main(train.parse_args(["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--steps", "2",
                                  "--batch-size", "4", "--lr", "1e-2", "--out", str(run)]))

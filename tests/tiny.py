@@ -43,7 +43,8 @@ def write_tiny_world(root):
     """The embedded world in miniature, no pretraining: its tokenizer, a random 1-layer model, and signed pairs of
     the writer's responses labelled by the exact scores (world_train.jsonl, world_eval.jsonl) under root."""
     rng = random.Random(0)
-    tokenizer = world_build.train_tokenizer([p + " " + world_build.write_response(p, rng) for p in world.make_prompts(200, 0)])
+    texts = [p + " " + world_build.write_response(p, rng) for p in world.make_prompts(200, 0)]
+    tokenizer = world_build.train_tokenizer(texts)
     torch.manual_seed(0)
     model = world_build.make_model(tokenizer, hidden=16, layers=1, heads=2)
     model.save_pretrained(root / "world-tiny")
