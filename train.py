@@ -346,7 +346,8 @@ def train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, 
     log = None
     if main_process:  # on resume, the lines the interrupted run wrote after its checkpoint are written again
         path = os.path.join(cfg.out, "metrics.jsonl")
-        kept = open(path).readlines()[:state["step"] // cfg.log_every] if os.path.exists(path) else []
+        kept = [line for line in open(path) if json.loads(line)["step"] <= state["step"]] \
+            if os.path.exists(path) else []
         log = open(path, "w")
         log.writelines(kept)
     progress = tqdm(range(state["step"] + 1, cfg.steps + 1), disable=not main_process, desc=cfg.method,

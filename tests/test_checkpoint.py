@@ -185,3 +185,13 @@ def test_the_same_run_stopped_before_its_first_checkpoint_starts_again(tiny_mode
                                             "--save-every", "3"), "--resume"]))
     monkeypatch.setattr(train, "objective_losses", honest)
     assert train.main(args)["resumed_from"] is None  # nothing to resume: the same run from the start
+
+
+def test_rerunning_a_finished_run_keeps_its_last_line(tiny_model_dir, tiny_pairs, tmp_path):
+    # 5 steps logged every 2: lines for steps 2, 4 and 5; the last checkpoint is the run's end, at step 5
+    args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "5", "--save-every", "2"))
+    train.main(args)
+    first = metrics(tmp_path / "run")
+    assert [m["step"] for m in first] == [2, 4, 5]
+    assert train.main(args)["resumed_from"].endswith("step-000005")  # the same command again: nothing left to run
+    assert metrics(tmp_path / "run") == first

@@ -91,7 +91,7 @@ def test_two_processes_match_one(solve_per, sharded):
         groups = [[0, 1], [2, 3], [4, 5], [6, 7]]
     expected = run_steps(model, lambda k: [(x[k, g], targets[k, g]) for g in groups], solve_per)
     for got in (results[0], results[1]):  # every process steps on the same direction, to the same parameters
-        for value, reference in zip(got, expected):
+        for value, reference in zip(got, expected, strict=True):
             assert torch.allclose(value, reference, rtol=1e-10, atol=1e-13)
     initial = torch.cat([p.detach().reshape(-1) for p in model_and_data()[0].parameters()])
     assert (expected[1] - initial).abs().max() > 0.05  # the steps did move the parameters
@@ -122,7 +122,7 @@ def test_train_py_under_torchrun_replicated_and_fsdp_equals_one_process_and_fsdp
     for run, extra in (("replicated", []), ("fsdp", ["--fsdp"])):
         logged = torchrun([*common, "--batch-size", "2", *extra], tmp_path / run)
         # each process saw 2 of the 4 pairs; the logged losses and coefficients are the mean over processes
-        for a, b in zip(one, logged):
+        for a, b in zip(one, logged, strict=True):
             for key in ("good/loss", "short/loss", "good/rewards/margins", "a/good", "grad_norm"):
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (run, key)
         for key, value in weights("one").items():

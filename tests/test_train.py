@@ -226,12 +226,12 @@ def test_precomputed_reference_log_probs_train_the_same_policy(extra, tiny_model
     (cache,) = (tmp_path / "cached").glob("reference_logps-*.safetensors")
     online = [json.loads(x) for x in (tmp_path / "online" / "metrics.jsonl").read_text().splitlines()]
     lines = [json.loads(x) for x in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()]
-    for a, b in zip(online, lines):  # the same losses at every step, to float rounding (batches pad differently)
+    for a, b in zip(online, lines, strict=True):  # the same losses every step, to rounding (batches pad differently)
         assert a["good/loss"] == pytest.approx(b["good/loss"], rel=1e-5)
         assert a["short/loss"] == pytest.approx(b["short/loss"], rel=1e-5)
     policy_online = AutoModelForCausalLM.from_pretrained(tmp_path / "online" / "policy")
     policy_cached = AutoModelForCausalLM.from_pretrained(tmp_path / "cached" / "policy")
-    for p, q in zip(policy_online.parameters(), policy_cached.parameters()):
+    for p, q in zip(policy_online.parameters(), policy_cached.parameters(), strict=True):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
     mtime = cache.stat().st_mtime_ns  # rerun into the same --out: the cache is read, not computed again
     run(*common, "--precompute-ref", "--out", str(tmp_path / "cached"), "--overwrite", "--steps", "7")
@@ -265,7 +265,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tiny_model_dir, tiny_
     run(*common, "--gradient-checkpointing", "--out", str(tmp_path / "checkpointed"))
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain" / "policy")
     checkpointed = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpointed" / "policy")
-    for p, q in zip(plain.parameters(), checkpointed.parameters()):
+    for p, q in zip(plain.parameters(), checkpointed.parameters(), strict=True):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
     lines = [json.loads(x) for x in (tmp_path / "checkpointed" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["good/rewards/margins"] > 0 and "a/good" in lines[-1]
