@@ -1,7 +1,7 @@
 """The Pareto sweep on the embedded world: every method over a range of weights and seeds, trained, sampled and
 scored exactly, and compared as fronts, against the world's exact front.
 
-    python pareto.py                 # 6 methods x 5 weights x 3 seeds, quality vs conciseness (2-core CPU: ~15 min)
+    python pareto.py                 # 6 methods x 5 weights x 3 seeds, quality vs conciseness (2-core CPU: ~20 min)
     python pareto.py --quick         # the same in miniature (about a minute)
     python pareto.py --objectives quality,conciseness,faithfulness --out out/pareto3       # three objectives
     python pareto.py --methods lw,cagrad,raco --micro-batch 2 --grad-accum 8 --solve-per micro_batch --beta 0.2 \

@@ -4,7 +4,7 @@ RACO needs, for every example, ONE pair (x, y_a, y_b) that all m objectives shar
 s_i in {+1, -1, 0}: +1 = y_a preferred, -1 = y_b preferred, 0 = tie. Public data sets spell this in different
 ways; this file turns three of them into the same list of `Pair`s:
 
-  signed  prompt, response_a/response_b (or chosen/rejected), raco_s_<objective> ...  (what world.py writes)
+  signed  prompt, response_a/response_b (or chosen/rejected), raco_s_<objective> ...  (what world_build.py writes)
           -> the objectives are the raco_s_ columns, in column order.
   pku     PKU-SafeRLHF: prompt, response_0, response_1, better_response_id, safer_response_id
           -> helpful, harmless.

@@ -1,6 +1,6 @@
 """Multi-objective DPO with RACO (or a baseline) on a Hugging Face causal LM: the plain training loop.
 
-    python train.py                                   # RACO on the embedded world, a minute or so on a 2-core CPU
+    python train.py                                   # RACO on the embedded world, ~30 s on a 2-core CPU
     python train.py --method lw --weights 0.8,0.2     # DPO-LW, another trade-off
     python train.py --model Qwen/Qwen3-0.6B --data PKU-Alignment/PKU-SafeRLHF --device cuda --dtype bfloat16
     torchrun --nproc_per_node 8 train.py --fsdp ...   # multi-GPU, parameters sharded with FSDP2

@@ -1,4 +1,4 @@
-"""Tests for data.py: every sign is checked against a hand-written expectation, and every bad input against the
+"""Tests for preference_data.py: every sign is checked against a hand-written expectation, and every bad input against the
 exact one-line message train.py will print."""
 import json
 import sys
