@@ -78,9 +78,7 @@ def tokenize_pairs(tokenizer, prompts, responses_a, responses_b, max_length=512,
         prompt_cut = False
         if len(prompt) + max(len(resp_a), len(resp_b)) > max_length and len(prompt) > max_prompt_length:
             prompt, prompt_cut = truncate_prompt(prompt, max_prompt_length, bos), True
-        budget = max_length - len(prompt)
-        if budget <= 0:  # unreachable after the argument check; kept so a future edit cannot empty a response
-            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room for the response (max_length={max_length})")
+        budget = max_length - len(prompt)  # > 0: the prompt is at most max_prompt_length < max_length here
         for resp, rows in ((resp_a, rows_a), (resp_b, rows_b)):
             num_truncated += int(prompt_cut or len(resp) > budget)
             rows.append((prompt, resp[:budget]))
@@ -106,12 +104,11 @@ def _logsumexp_float32(logits_row):
     return torch.logsumexp(logits_row.float(), dim=-1)
 
 
-def sequence_logps(logits, input_ids, completion_mask, average=False):
+def sequence_logps(logits, input_ids, completion_mask):
     """Sum of completion-token log-probs: log pi(y|x) = sum_t mask_t * log p(token_t | tokens_<t).
 
     logits: (N, T, V) (bf16 or fp32), input_ids: (N, T), completion_mask: (N, T) with 1 on response tokens.
-    Returns logps (N,) float32 and lengths (N,) = number of response tokens; average=True returns logps / lengths
-    (SPEC's optional length normalisation).
+    Returns logps (N,) float32 and lengths (N,) = number of response tokens (for a length-normalised margin).
     Memory: log p = logit[label] - logsumexp(logits). The label logit is a gather (no copy of V); the logsumexp is
     taken in float32 one sequence at a time, so the float32 peak is one (T, V) slice instead of the whole
     (N, T, V) log-softmax, which dominates memory with a 150k vocabulary. Under autograd each slice is
@@ -128,18 +125,15 @@ def sequence_logps(logits, input_ids, completion_mask, average=False):
     token_logps = label_logits - torch.stack(lse)  # (N, T-1)
     # where, not multiply: a masked position can never leak a nan/inf into the sum.
     logps = torch.where(mask, token_logps, torch.zeros_like(token_logps)).sum(-1)
-    lengths = mask.sum(-1)
-    if average:
-        logps = logps / lengths.clamp(min=1)  # tokenize_pairs never yields an empty response
-    return logps, lengths
+    return logps, mask.sum(-1)
 
 
-def completion_logps(model, batch, average=False):
+def completion_logps(model, batch):
     """One forward over the stacked batch of tokenize_pairs (rows 0..B-1 = y_a, B..2B-1 = y_b).
 
     Returns logps_a (B,), logps_b (B,), lengths_a (B,), lengths_b (B,)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps, lengths = sequence_logps(logits, batch["input_ids"], batch["completion_mask"], average=average)
+    logps, lengths = sequence_logps(logits, batch["input_ids"], batch["completion_mask"])
     B = logps.shape[0] // 2
     return logps[:B], logps[B:], lengths[:B], lengths[B:]
 

@@ -70,8 +70,8 @@ def pair_metrics(policy, reference, tokenizer, pairs, names, cfg, device, batch_
     with eval_mode(policy, reference):
         for start in tqdm(range(0, len(pairs), batch_size), desc="pairs", leave=False, dynamic_ncols=True):
             batch = pairs[start:start + batch_size]
-            logps.append([x.float().cpu() for model in (policy, reference) for x in dpo.pair_logps(
-                model, tokenizer, batch, cfg.max_length, cfg.max_prompt_length, device, cfg.dtype == "bfloat16")[:2]])
+            logps.append([x.float().cpu() for model in (policy, reference)
+                          for x in train.pair_logps(model, tokenizer, batch, cfg, device)[:2]])
     policy_a, policy_b, ref_a, ref_b = (torch.cat(x) for x in zip(*logps))
     signs = torch.tensor([p.signs for p in pairs], dtype=torch.float32)
     metrics = dpo.dpo_metrics(policy_a, policy_b, ref_a, ref_b, signs, cfg.beta, names)
@@ -119,8 +119,8 @@ def evaluate_checkpoint(args):
     cfg = train.Config(**{k: v for k, v in summary["config"].items() if k in known})
     names, device = summary["objectives"], pick_device(args.device)
     # names alone are not enough: MOA summarisation data has the world's objective names
-    on_world = set(names) <= set(world.OBJECTIVES) and cfg.data.endswith("world_train.jsonl")
-    source = args.data or (cfg.data.replace("world_train.jsonl", "world_eval.jsonl") if on_world else None)
+    on_world = set(names) <= set(world.OBJECTIVES) and world.held_out_path(cfg.data) is not None
+    source = args.data or (world.held_out_path(cfg.data) if on_world else None)
     if source is None:
         raise UsageError(f"--data: the policy was trained on {cfg.data}; name its held-out pairs with --data")
     tokenizer, policy = load_model(os.path.join(args.checkpoint, "policy"), device, "--checkpoint")
@@ -155,8 +155,6 @@ def evaluate_checkpoint(args):
             print(f"{label:<10}" + "".join(f"{show(s[label], k):>18}" for k in keys))
     print(f"written to {out}")
     return result
-
-
 
 
 # ----------------------------------------------------------------------------- command line

@@ -13,7 +13,6 @@ point at KL 0. Two methods are compared at matched KL: f_a(k) - f_b(k) on a grid
 both reached, mean and standard error over seeds. A method is better if its frontier is higher at every KL.
 """
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -38,10 +37,8 @@ def run_points(cfg, shared, args, names):
     model and data were written; score every checkpoint (cached in the run's frontier.json). Returns one row per
     checkpoint: step, KL and the scores."""
     cache = os.path.join(cfg.out, "frontier.json")
-    summary = os.path.join(cfg.out, "summary.json")
-    settings = {k: getattr(args, k) for k in ("prompts", "samples", "temperature", "pairs", "max_new_tokens")}
-    reused = os.path.isfile(summary) and os.path.getmtime(summary) > shared["inputs_time"] \
-        and pareto.read_json(summary)["config"] == dataclasses.asdict(cfg)
+    settings = pareto.eval_settings(args)
+    reused = pareto.finished(cfg, shared["inputs_time"])
     if reused and os.path.isfile(cache) and pareto.read_json(cache)["settings"] == settings:
         return pareto.read_json(cache)["rows"], True
     if not reused:

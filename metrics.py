@@ -3,7 +3,7 @@
 Errors and spreads: mean_se (prompts as the independent units), mean_std (over seeds), kl_estimate.
 Agreement: pearson, ranks, spearman (weight fidelity). Fronts, every objective maximised: dominates, pareto_front,
 fraction_dominated, hypervolume_2d, hypervolume_3d; a continuous front such as world.exact_front: front_hypervolume_2d,
-front_gain_2d, front_distance_2d.
+front_gain_2d.
 """
 import math
 
@@ -148,12 +148,3 @@ def front_gain_2d(point, vertices):
             return ax + (ay - ax - offset) / ((ay - ax) - (by - bx)) * (bx - ax) - px
     return vertices[-1][0] - px  # it passes above the last vertex and leaves through the vertical side below it
 
-
-def front_distance_2d(point, vertices):
-    """Euclidean distance from `point` to the polyline through `vertices` (unsigned: front_gain_2d gives the side)."""
-    best = math.dist(point, vertices[0])
-    for (ax, ay), (bx, by) in zip(vertices, vertices[1:]):
-        length2 = (bx - ax) ** 2 + (by - ay) ** 2
-        s = min(1.0, max(0.0, ((point[0] - ax) * (bx - ax) + (point[1] - ay) * (by - ay)) / length2)) if length2 else 0
-        best = min(best, math.dist(point, (ax + s * (bx - ax), ay + s * (by - ay))))
-    return best

@@ -70,16 +70,27 @@ def run_diagnostics(out, names):
             for k in keys if any(k in line for line in lines)}
 
 
+def finished(cfg, inputs_time):
+    """Whether cfg's run finished, with this very config, after the model and data were last written (a rebuilt
+    world keeps its paths)."""
+    summary = os.path.join(cfg.out, "summary.json")
+    return os.path.isfile(summary) and os.path.getmtime(summary) > inputs_time \
+        and read_json(summary)["config"] == dataclasses.asdict(cfg)
+
+
+def eval_settings(args):
+    """The settings a cached evaluation of a run must match to be reused."""
+    return {k: getattr(args, k) for k in ("prompts", "samples", "temperature", "pairs", "max_new_tokens")}
+
+
 def sweep_point(cfg, tokenizer, reference, eval_pairs, prompts, args, device, inputs_time, names):
-    """Train one (method, weights, seed) unless an identical run finished after the model and data were last
-    written (a rebuilt world keeps its paths), then evaluate it; the evaluation is cached too, so an interrupted
+    """Train one (method, weights, seed) unless it already finished, then evaluate it; the evaluation is cached too, so an interrupted
     sweep continues where it stopped. Returns (row, reused)."""
     summary_path, eval_path = os.path.join(cfg.out, "summary.json"), os.path.join(cfg.out, "eval.json")
-    reused = os.path.isfile(summary_path) and os.path.getmtime(summary_path) > inputs_time \
-        and read_json(summary_path)["config"] == dataclasses.asdict(cfg)
+    reused = finished(cfg, inputs_time)
     if not reused:
         train.main(cfg)
-    settings = {k: getattr(args, k) for k in ("prompts", "samples", "temperature", "pairs", "max_new_tokens")}
+    settings = eval_settings(args)
     if reused and os.path.isfile(eval_path) and read_json(eval_path)["settings"] == settings:
         return read_json(eval_path)["row"], True
     policy = load_model(os.path.join(cfg.out, "policy"), device)[1]
@@ -136,7 +147,9 @@ def prepare(args, quick=QUICK, full=FULL, minimum=2):
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise UsageError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    eval_data = args.data.replace("world_train.jsonl", "world_eval.jsonl")
+    eval_data = world.held_out_path(args.data)
+    if eval_data is None:
+        raise UsageError(f"--data: expected the embedded world's world_train.jsonl, got {args.data!r}")
     for path, found in ((args.model, os.path.isdir(args.model)), (args.data, os.path.isfile(args.data)),
                         (eval_data, os.path.isfile(eval_data))):
         if not found:

@@ -12,15 +12,11 @@ from tqdm import tqdm
 
 import dpo
 from metrics import kl_estimate, mean_se
+from preference_data import first_line
 
 
 class ModelError(ValueError):
     """A model, tokenizer or device that cannot be used; one line naming the flag, printed by the front ends."""
-
-
-def _first_line(error):
-    """An exception's message cut to its first line (library errors often run to a page)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def pick_device(name):
@@ -29,7 +25,7 @@ def pick_device(name):
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def check_model_path(name, flag, tokenizer=True):
+def check_model_path(name, flag):
     """A local model directory must hold what from_pretrained needs; say which part is missing, naming the flag.
     Anything that does not look like a path is left to the hub."""
     looks_local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
@@ -43,7 +39,7 @@ def check_model_path(name, flag, tokenizer=True):
         raise ModelError(f"{flag}: {name}: no config.json (not a Hugging Face model directory)")
     if not any(f.endswith((".safetensors", ".bin")) or f.endswith(".safetensors.index.json") for f in files):
         raise ModelError(f"{flag}: {name}: no weights (*.safetensors or pytorch_model*.bin)")
-    if tokenizer and not {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"} & set(files):
+    if not {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"} & set(files):
         raise ModelError(f"{flag}: {name}: no tokenizer (tokenizer.json or tokenizer_config.json); save one beside "
                          "the weights with tokenizer.save_pretrained")
 
@@ -61,7 +57,7 @@ def load_model(name, device, flag="--model", head=None):
         model, info = (head or AutoModelForCausalLM).from_pretrained(name, dtype=torch.float32,
                                                                    output_loading_info=True)
     except (OSError, ValueError, SafetensorError) as error:
-        raise ModelError(f"{flag}: could not load {name!r}: {_first_line(error)}") from None
+        raise ModelError(f"{flag}: could not load {name!r}: {first_line(error)}") from None
     missing = [str(k) for k in list(info["missing_keys"]) + list(info["mismatched_keys"])]
     if missing:
         raise ModelError(f"{flag}: {name}: its weights do not fit its config ({type(model).__name__}): "

@@ -244,7 +244,7 @@ def _read_text(path):
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot read ({first_line(e)})") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -253,7 +253,8 @@ def _read_text(path):
                         "save the file as UTF-8") from None
 
 
-def _one_line(error):
+def first_line(error):
+    """An exception's message cut to its first line (library errors often run to a page)."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
@@ -300,7 +301,7 @@ def _read_parquet(path, limit):
     try:
         table = pq.read_table(path)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, its IO errors are OSErrors
-        raise DataError(f"{path}: not a readable parquet file ({_one_line(e)})") from None
+        raise DataError(f"{path}: not a readable parquet file ({first_line(e)})") from None
     table = table if limit is None else table.slice(0, limit)
     return [(f"{path} row {i}", row) for i, row in enumerate(table.to_pylist())], table.column_names
 
@@ -316,7 +317,7 @@ def _read_datasets(source, split, limit):
         dataset = datasets.load_dataset(source, split=split)
     except Exception as e:  # any failure to load (no such data set, no split, offline, ...) becomes one line
         raise DataError(f"{source}: datasets.load_dataset(split={split!r}) failed "
-                        f"({type(e).__name__}: {_one_line(e)})") from None
+                        f"({type(e).__name__}: {first_line(e)})") from None
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     return [(f"{source} {split} row {i}", row) for i, row in enumerate(dataset)], list(dataset.column_names)

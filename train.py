@@ -224,7 +224,7 @@ def objective_losses(policy, reference, tokenizer, batch, cfg, device, names):
     policy_a, policy_b, length_a, length_b = pair_logps(policy, tokenizer, pairs, cfg, device)
     if cached is not None:
         ref_a, ref_b = cached
-    else:
+    else:  # AMoPO's loss needs none, but its logged DPO metrics (implicit rewards) compare with the others' only so
         with torch.no_grad(), policy.disable_adapter() if reference is None else nullcontext():
             ref_a, ref_b, _, _ = pair_logps(reference or policy, tokenizer, pairs, cfg, device)
     if cfg.method == "amopo":  # reference-free, length-normalised margin (SPEC section 5)

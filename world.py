@@ -33,6 +33,7 @@ to emit EOS at once. `well_formed` is reported as its own metric so that any col
 The reference model and the preference pairs are built from this task by world_build.py.
 """
 import math
+import os
 import random
 import zlib
 
@@ -63,6 +64,13 @@ def render_prompt(facts):
 def is_world_prompt(prompt):
     words = prompt.split()
     return len(words) > 2 and words[0] == "facts:" and words[-1] == "summary:"
+
+
+def held_out_path(train_path):
+    """The world's held-out pairs, world_eval.jsonl beside its training pairs; None for any other data."""
+    if os.path.basename(train_path) != "world_train.jsonl":
+        return None
+    return os.path.join(os.path.dirname(train_path), "world_eval.jsonl")
 
 
 def parse_prompt(prompt):
@@ -126,10 +134,6 @@ def parse_response(text):
         facts.append((sentence[2], sentence[1]))
         sentence = []
     return facts
-
-
-def is_well_formed(text):
-    return parse_response(text) is not None
 
 
 def count_words(text):

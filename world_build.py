@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from metrics import pearson
-from policy import sample
+from policy import load_model, sample
 from world import (ATTRIBUTES, ENTITIES, INTENSIFIER, OBJECTIVES, PREFIXES, USUAL, eval_prompts, make_prompts,
                    parse_prompt, preference_labels, score)
 
@@ -212,8 +212,7 @@ def build(out_model="models/world-tiny", out_data="data", seed=0, steps=2000, ba
 
 
 def stats(model_dir="models/world-tiny", n=512, temperature=1.0, seed=0):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    tokenizer, model = load_model(model_dir, torch.device("cpu"), "--out-model")
     prompts = eval_prompts(n, seed=seed)
     responses, _ = sample(model, tokenizer, prompts, 1, temperature, max_new_tokens=48, seed=seed, batch_size=256)
     for prompt, (response,) in list(zip(prompts, responses))[:4]:

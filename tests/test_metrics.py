@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from metrics import (dominates, fraction_dominated, front_distance_2d, front_gain_2d, front_hypervolume_2d,
+from metrics import (dominates, fraction_dominated, front_gain_2d, front_hypervolume_2d,
                      hypervolume_2d, hypervolume_3d, kl_estimate, mean_se, pareto_front, ranks, spearman)
 
 
@@ -113,7 +113,7 @@ def test_front_hypervolume_2d_is_the_limit_of_dense_points_along_the_front():
     assert area - hypervolume_2d(dense, (0.1, 0.1)) < 1e-3
 
 
-def test_gain_and_distance_to_a_front_by_hand():
+def test_gain_to_a_front_by_hand():
     diagonal = [(0, 1), (1, 0)]
     assert front_gain_2d((0.25, 0.25), diagonal) == pytest.approx(0.25)  # meets x + y = 1 at (0.5, 0.5)
     assert front_gain_2d((0.6, 0.6), diagonal) == pytest.approx(-0.1)  # beyond the front
@@ -122,6 +122,3 @@ def test_gain_and_distance_to_a_front_by_hand():
     assert front_gain_2d((0, 0.9), corner) == pytest.approx(0.1)  # meets the flat piece left of the first vertex
     assert front_gain_2d((0, 0), corner) == pytest.approx(0.75)  # meets the edge x + y = 1.5
     assert front_gain_2d((0.5, 0), [(0, 1), (1, 1)]) == pytest.approx(0.5)  # leaves below the last vertex
-    assert front_distance_2d((0, 0), diagonal) == pytest.approx(math.sqrt(0.5))
-    assert front_distance_2d((2, 0), diagonal) == pytest.approx(1.0)  # nearest is the vertex (1, 0)
-    assert front_distance_2d((0.6, 0.6), diagonal) == pytest.approx(0.2 / math.sqrt(2))

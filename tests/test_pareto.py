@@ -54,8 +54,6 @@ def test_pareto_sweep_writes_every_row_table_and_figure_and_reuses_runs(tiny_wor
     assert os.path.getmtime(out / "runs" / "raco-w0.2-0.8-s1" / "summary.json") > mtime
 
 
-
-
 @pytest.mark.slow
 def test_three_objectives_use_the_exact_3d_hypervolume(tiny_world, tmp_path):
     names = ["quality", "conciseness", "faithfulness"]

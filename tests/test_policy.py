@@ -107,7 +107,7 @@ def test_shipped_model_samples_are_mostly_well_formed(shipped):
     prompts = world.eval_prompts(32, seed=11)
     samples, _ = sample(model, tokenizer, prompts, 1, 1.0, max_new_tokens=48, seed=0)
     assert len(samples) == 32 and all(len(s) == 1 for s in samples)
-    assert sum(world.is_well_formed(s[0]) for s in samples) / 32 > 0.8
+    assert sum(world.parse_response(s[0]) is not None for s in samples) / 32 > 0.8
     assert sum(world.score(p, s[0])["quality"] for p, s in zip(prompts, samples)) / 32 > 0.2  # it does summarise
 
 
