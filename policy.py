@@ -5,6 +5,7 @@ train.py, eval.py, pareto.py and world.py all go through here, so a policy is al
 weights and sampled from the same prompt tokens that training conditions it on (dpo.prompt_ids).
 """
 import os
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -47,21 +48,34 @@ def check_model_path(name, flag):
 def load_model(name, device, flag="--model", head=None):
     """Tokenizer and model (a causal LM; head: another Auto class) from a local directory or a hub id, with float32
     master weights; one clear line, naming `flag`, when it cannot be used: a missing part, a corrupt weights file,
-    or weights that do not fit the config (which from_pretrained would fill with random values and carry on)."""
+    or weights that do not fit the config (which from_pretrained would fill with random values, or drop, and carry
+    on), or a vocabulary the tokenizer overflows."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
     check_model_path(name, flag)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its page-long load report: what it finds wrong is said below
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         # float32 master weights whatever the checkpoint holds (transformers 5 loads a bf16 hub model as bf16)
         model, info = (head or AutoModelForCausalLM).from_pretrained(name, dtype=torch.float32,
-                                                                   output_loading_info=True)
-    except (OSError, ValueError, SafetensorError) as error:
+                                                                   output_loading_info=True,
+                                                                   ignore_mismatched_sizes=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ModelError(f"{flag}: could not load {name!r}: {first_line(error)}") from None
-    missing = [str(k) for k in list(info["missing_keys"]) + list(info["mismatched_keys"])]
-    if missing:
-        raise ModelError(f"{flag}: {name}: its weights do not fit its config ({type(model).__name__}): "
-                         f"{len(missing)} tensors missing, e.g. {sorted(missing)[0]!r}")
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    shapes = [k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]]  # (key, in weights, in config)
+    for kind, keys in (("missing", info["missing_keys"]), ("of another shape", shapes),
+                       ("it has no place for", info["unexpected_keys"])):
+        if keys:
+            raise ModelError(f"{flag}: {name}: its weights do not fit its config ({type(model).__name__}): "
+                             f"{len(keys)} tensors {kind}, e.g. {sorted(map(str, keys))[0]!r}")
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelError(f"{flag}: {name}: its tokenizer has {len(tokenizer)} tokens but its embedding only {rows} "
+                         "rows; they belong to different models")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.to(device)
@@ -75,7 +89,9 @@ def add_lora(model, rank, alpha):
         raise ModelError("--lora-r needs peft: pip install peft") from None
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
                              task_type="CAUSAL_LM")
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers 5 by a name it has deprecated; nothing for a user to do
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return peft.get_peft_model(model, config)
 
 
 def transformer_blocks(model):

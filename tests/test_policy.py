@@ -147,3 +147,25 @@ def test_a_model_directory_that_cannot_be_used_is_one_line_naming_what_is_wrong(
     with pytest.raises(ModelError) as error:  # from_pretrained alone would fill a GPT-2 with random weights
         load_model(path, torch.device("cpu"))
     assert str(error.value).startswith(f"--model: {path}: its weights do not fit its config (GPT2LMHeadModel): ")
+
+
+def test_weights_and_config_that_disagree_in_size_are_refused_not_cut_or_padded(tiny_model_dir, tmp_path):
+    from tiny import tiny_llama
+
+    def config_says(**change):
+        def edit(path):
+            config = json.loads((path / "config.json").read_text())
+            (path / "config.json").write_text(json.dumps({**config, **change}))
+        return edit
+
+    def small_vocabulary(path):  # weights that fit the config, but 20 rows for the tokenizer's 49 tokens
+        tiny_llama(vocab_size=20).save_pretrained(path, safe_serialization=True)
+
+    for name, change, message in (
+            ("fewer-layers", config_says(num_hidden_layers=0), "tensors it has no place for, e.g. 'model.layers.0."),
+            ("other-width", config_says(intermediate_size=8), "tensors of another shape, e.g. 'model.layers.0.mlp."),
+            ("small-vocab", small_vocabulary, "its tokenizer has 49 tokens but its embedding only 20 rows")):
+        path = broken_copy(tiny_model_dir, tmp_path, name, change)
+        with pytest.raises(ModelError) as error:
+            load_model(path, torch.device("cpu"))
+        assert str(error.value).startswith(f"--model: {path}: ") and message in str(error.value), name
