@@ -16,9 +16,11 @@ its position and continues: on CPU the result is bit-identical to a run that was
 """
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
+import tempfile
 import warnings
 from contextlib import contextmanager
 
@@ -43,17 +45,31 @@ def _barrier():
 
 
 def check_writable(path, flag="--out"):
-    """Fail now, before any model is loaded, if `path` cannot become a directory this process can write."""
+    """Fail now, before any model is loaded, if `path` cannot become a directory this process can write: by
+    trying (a read-only file system, /proc, a name too long or a symlink loop all pass a permission check), and
+    leaving nothing behind."""
+    if not path:
+        raise RunError(f"{flag}: empty; expected a directory")
     path = os.path.abspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunError(f"{flag}: {path} is a file, not a directory")
     parent = path
-    while not os.path.exists(parent):
+    while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise RunError(f"{flag}: {path} lies under {parent}, which is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunError(f"{flag}: {parent} is not writable")
+        raise RunError(f"{flag}: {path} lies under {parent}, which is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise RunError(f"{flag}: cannot write to {path}: {error.strerror or error}") from None
+    finally:
+        created = path
+        while created != parent:  # remove the directories the probe made (between parent and path), and no other
+            if os.path.isdir(created):
+                os.rmdir(created)
+            created = os.path.dirname(created)
 
 
 def checkpoints(out):
@@ -101,6 +117,20 @@ def open_run(config, resume, overwrite):
                    "--resume to continue it")
 
 
+def left_behind(config):
+    """What an interrupt outside the training loop (loading, evaluating, saving) leaves of this run, in words."""
+    try:
+        with open(os.path.join(config["out"], "run.json")) as f:
+            ours = _comparable(json.load(f)) == _comparable(config)
+    except (OSError, ValueError):
+        ours = False
+    kept = checkpoints(config["out"]) if ours else []
+    if not kept:
+        return "no checkpoint of this run was saved"
+    again = "the same command without --overwrite" if config["overwrite"] else "the same command again"
+    return f"the last checkpoint, {kept[-1]}, is intact; run {again} to continue from it"
+
+
 def start_run(config, resumed):
     """Rank 0, just before the first step: clear what an earlier run left (--overwrite: inputs are all checked by
     now, so a bad flag never costs the old run), and write run.json."""
@@ -118,11 +148,25 @@ def start_run(config, resumed):
     write_json(os.path.join(out, "run.json"), config)
 
 
-def write_json(path, value):
-    """Write JSON under a temporary name, then rename: the file is whole or absent."""
+def strict_json(value):
+    """value with every non-finite float as None: JSON has no NaN or Infinity (Python writes them, strict readers
+    refuse them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def write_json(path, value, strict=True):
+    """Write JSON under a temporary name, then rename: the file is whole or absent. strict=False keeps NaN as
+    Python writes and reads it (caches that only this code reads back)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
+        json.dump(strict_json(value) if strict else value, f, indent=2)
     os.replace(tmp, path)
 
 

@@ -27,20 +27,32 @@ import dpo
 import train
 import world
 from checkpoint import check_writable, write_json
+from command_line import OneLineParser, UsageError, check_sampling, run_command
 from metrics import mean_se
-from policy import eval_mode, evaluate_samples, load_model, pick_device
+from policy import check_model_path, eval_mode, evaluate_samples, load_model, pick_device
 from preference_data import load_pairs
-from train import OneLineParser, UsageError, run_command
 
 
-def load_reward_models(spec, device):
-    """'name=PATH_OR_ID,...' -> {name: (tokenizer, model)}: sequence classifiers whose one output is the reward."""
-    from transformers import AutoModelForSequenceClassification
-    models = {}
+def parse_reward_models(spec, taken=()):
+    """'name=PATH_OR_ID,...' -> {name: path}, each local path checked for a model's files; names must be new."""
+    paths = {}
     for item in [x.strip() for x in spec.split(",") if x.strip()]:
         name, _, path = (x.strip() for x in item.partition("="))
         if not name or not path:
             raise UsageError(f"--reward-models: expected name=PATH_OR_ID[,name=PATH_OR_ID...], got {item!r}")
+        if name in paths or name in taken or name.endswith("_se"):
+            raise UsageError(f"--reward-models: the name {name!r} is taken (by another reward model or a score the "
+                             f"samples already have: {', '.join(sorted(taken))}); pick another")
+        check_model_path(path, "--reward-models")
+        paths[name] = path
+    return paths
+
+
+def load_reward_models(paths, device):
+    """{name: path} -> {name: (tokenizer, model)}: sequence classifiers whose one output is the reward."""
+    from transformers import AutoModelForSequenceClassification
+    models = {}
+    for name, path in paths.items():
         tokenizer, model = load_model(path, device, "--reward-models", head=AutoModelForSequenceClassification)
         if model.config.num_labels != 1:
             raise UsageError(f"--reward-models: {path!r} has {model.config.num_labels} outputs; a reward model has 1")
@@ -106,6 +118,16 @@ def read_summary(run):
     if not all(isinstance(n, str) for n in summary["objectives"]) or len(summary["weights"]) != len(
             summary["objectives"]) or not isinstance(summary["config"].get("data"), str):
         raise UsageError(f"--checkpoint: {path}: objectives, weights or config.data not as train.py writes them")
+    fields = {f.name: f for f in dataclasses.fields(train.Config)}
+    for key, value in summary["config"].items():
+        kind = type(fields[key].default) if key in fields else None
+        if kind is not None and not (type(value) is kind or kind is float and type(value) is int):
+            raise UsageError(f"--checkpoint: {path}: config.{key}: expected {kind.__name__}, got {value!r}")
+    summary["config"] = train.Config(**{k: v for k, v in summary["config"].items() if k in fields})
+    try:  # the values too (the device it trained on need not be this machine's)
+        train.check_config(dataclasses.replace(summary["config"], device="cpu", fsdp=False))
+    except UsageError as error:
+        raise UsageError(f"--checkpoint: {path}: config: {error}") from None
     return summary
 
 
@@ -115,18 +137,24 @@ def evaluate_checkpoint(args):
     if os.path.isdir(out):
         raise UsageError(f"--out: {out} is a directory; expected the path of a .json file")
     check_writable(os.path.dirname(os.path.abspath(out)), "--out")  # now, not after the whole evaluation
-    known = {f.name for f in dataclasses.fields(train.Config)}
-    cfg = train.Config(**{k: v for k, v in summary["config"].items() if k in known})
-    names, device = summary["objectives"], pick_device(args.device)
+    cfg, names, device = summary["config"], summary["objectives"], pick_device(args.device)
     # names alone are not enough: MOA summarisation data has the world's objective names
     on_world = set(names) <= set(world.OBJECTIVES) and world.held_out_path(cfg.data) is not None
     source = args.data or (world.held_out_path(cfg.data) if on_world else None)
     if source is None:
         raise UsageError(f"--data: the policy was trained on {cfg.data}; name its held-out pairs with --data")
+    # the names the samples' scores already use: a reward model may not silently replace one
+    taken = {"samples", "kl", *(["quality", "conciseness", "faithfulness", "well_formed", "words"] if on_world
+                                 else ["tokens"])}
+    reward_paths = parse_reward_models(args.reward_models, taken)  # checked before anything loads
     tokenizer, policy = load_model(os.path.join(args.checkpoint, "policy"), device, "--checkpoint")
-    reference = load_model(args.reference or cfg.model, device, "--reference")[1]
-    reward_models = load_reward_models(args.reward_models, device)
     pairs, _ = load_pairs(source, args.data_format, names, tokenizer, args.split, args.pairs)
+    reference = load_model(args.reference or cfg.model, device, "--reference")[1]
+    if reference.get_input_embeddings().num_embeddings != policy.get_input_embeddings().num_embeddings:
+        raise UsageError(f"--reference: {args.reference or cfg.model} has a vocabulary of "
+                         f"{reference.get_input_embeddings().num_embeddings} tokens, the policy one of "
+                         f"{policy.get_input_embeddings().num_embeddings}: it is not the model the policy came from")
+    reward_models = load_reward_models(reward_paths, device)
     result = {"checkpoint": args.checkpoint, "method": cfg.method, "weights": summary["weights"],
               "reference": args.reference or cfg.model, "data": source, "objectives": names,
               "pairs": pair_metrics(policy, reference, tokenizer, pairs, names, cfg, device, args.batch_size)}
@@ -183,8 +211,7 @@ def parse_args(argv=None):
     for name in ("pairs", "prompts", "samples", "batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if not 0 < args.temperature < math.inf:
-        raise UsageError(f"--temperature: expected a positive finite number, got {args.temperature}")
+    check_sampling(args.temperature, [args.seed])
     return args
 
 

@@ -13,17 +13,16 @@ point at KL 0. Two methods are compared at matched KL: f_a(k) - f_b(k) on a grid
 both reached, mean and standard error over seeds. A method is better if its frontier is higher at every KL.
 """
 import csv
-import json
 import math
 import os
 import time
 
 import pareto
 import train
-from checkpoint import checkpoints
+from checkpoint import checkpoints, write_json
+from command_line import OneLineParser, UsageError, run_command
 from metrics import mean_se
 from policy import load_model
-from train import OneLineParser, UsageError, run_command
 
 QUICK = dict(methods="lw,cagrad,raco", lrs="2.5e-4,5e-4,1e-3", sweep="0.8", seeds="0", steps=60, prompts=32, samples=4,
              pairs=64, points=3)
@@ -50,8 +49,7 @@ def run_points(cfg, shared, args, names):
                      **{f"w_{n}": float(w) for n, w in zip(names, cfg.weights.split(","))},
                      **pareto.evaluate_policy(policy, shared["reference"], shared["tokenizer"], shared["eval_pairs"],
                                               shared["prompts"], args, cfg, shared["device"], names)})
-    with open(cache, "w") as f:
-        json.dump({"settings": settings, "rows": rows}, f, indent=2)
+    write_json(cache, {"settings": settings, "rows": rows}, strict=False)
     return rows, reused
 
 
@@ -208,4 +206,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_command(main)
+    run_command(main, interrupted=lambda: "finished runs are kept and reused when the same command runs again")

@@ -29,12 +29,13 @@ import torch
 
 import train
 import world
+from checkpoint import write_json
+from command_line import OneLineParser, UsageError, check_sampling, run_command
 from eval import pair_metrics
 from metrics import (fraction_dominated, front_gain_2d, front_hypervolume_2d, hypervolume_2d, hypervolume_3d,
                      mean_std, spearman)
 from policy import evaluate_samples, load_model, pick_device
 from preference_data import load_pairs
-from train import OneLineParser, UsageError, run_command
 
 # The three-objective design: each objective leading once, each pair leading once, and the centre.
 THREE = "0.6:0.2:0.2,0.2:0.6:0.2,0.2:0.2:0.6,0.4:0.4:0.2,0.4:0.2:0.4,0.2:0.4:0.4,0.3333:0.3333:0.3334"
@@ -84,8 +85,8 @@ def eval_settings(args):
 
 
 def sweep_point(cfg, tokenizer, reference, eval_pairs, prompts, args, device, inputs_time, names):
-    """Train one (method, weights, seed) unless it already finished, then evaluate it; the evaluation is cached too, so an interrupted
-    sweep continues where it stopped. Returns (row, reused)."""
+    """Train one (method, weights, seed) unless it already finished, then evaluate it; the evaluation is cached too,
+    so an interrupted sweep continues where it stopped. Returns (row, reused)."""
     summary_path, eval_path = os.path.join(cfg.out, "summary.json"), os.path.join(cfg.out, "eval.json")
     reused = finished(cfg, inputs_time)
     if not reused:
@@ -98,8 +99,7 @@ def sweep_point(cfg, tokenizer, reference, eval_pairs, prompts, args, device, in
            **{f"w_{n}": float(w) for n, w in zip(names, cfg.weights.split(","))},
            **evaluate_policy(policy, reference, tokenizer, eval_pairs, prompts, args, cfg, device, names),
            **run_diagnostics(cfg.out, names), "train_s": read_json(summary_path)["seconds"]}
-    with open(eval_path, "w") as f:
-        json.dump({"settings": settings, "row": row}, f, indent=2)
+    write_json(eval_path, {"settings": settings, "row": row}, strict=False)
     return row, reused
 
 
@@ -147,6 +147,7 @@ def prepare(args, quick=QUICK, full=FULL, minimum=2):
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise UsageError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    check_sampling(args.temperature, seeds, "--seeds")
     eval_data = world.held_out_path(args.data)
     if eval_data is None:
         raise UsageError(f"--data: expected the embedded world's world_train.jsonl, got {args.data!r}")
@@ -414,8 +415,7 @@ def check_arguments(args):
     for name in ("pairs", "prompts", "samples", "steps", "batch_size", "max_new_tokens", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if not 0 < args.temperature < math.inf:
-        raise UsageError(f"--temperature: expected a positive finite number, got {args.temperature}")
+    check_sampling(args.temperature, [])
     return args
 
 
@@ -433,4 +433,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_command(main)
+    run_command(main, interrupted=lambda: "finished runs are kept and reused when the same command runs again")

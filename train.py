@@ -34,9 +34,10 @@ import checkpoint
 import dpo
 import world
 from cagrad import METHODS
+from command_line import SEED_LIMIT, OneLineParser, TrainingError, UsageError, run_command
 from checkpoint import RunError
-from policy import ModelError, add_lora, eval_mode, load_model, pick_device, shard, transformer_blocks
-from preference_data import DataError, load_pairs
+from policy import add_lora, eval_mode, load_model, pick_device, shard, transformer_blocks
+from preference_data import DataError, first_line, load_pairs
 from raco import MultiObjectiveBackward
 
 TRAIN_METHODS = METHODS + ("amopo",)  # AMoPO changes the loss, not the combination: its losses are weighted (lw)
@@ -81,24 +82,6 @@ class Config:
     overwrite: bool = False       # replace another run's files in --out
     max_bad_steps: int = 10       # stop after this many consecutive steps with non-finite losses or gradients
     out: str = "out/train"        # output directory: metrics.jsonl, checkpoints/, policy/, summary.json
-
-
-class UsageError(ValueError):
-    """A bad flag: reported as one line, exit code 2."""
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (divergence, a full disk): one line, exit code 1, the last checkpoint intact."""
-
-
-# Every error that is the user's input rather than a bug: a flag, a data file, a model directory, an --out. The
-# command lines of train.py, eval.py and pareto.py print it as one line and exit 2, without a traceback.
-INPUT_ERRORS = (UsageError, DataError, ModelError, RunError)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print its usage block as well: bad input is one line here
-        raise UsageError(message)
 
 
 def parse_args(argv=None):
@@ -146,7 +129,8 @@ def check_config(cfg):
               ("log-every", cfg.log_every > 0), ("save-every", cfg.save_every >= 0),
               ("keep-checkpoints", cfg.keep_checkpoints > 0), ("max-bad-steps", cfg.max_bad_steps > 0),
               ("solve-per", cfg.solve_per in ("step", "micro_batch")), ("gram-layers", cfg.gram_layers >= 0),
-              ("dtype", cfg.dtype in ("float32", "bfloat16")), ("fsdp", torchrun or not cfg.fsdp)]
+              ("dtype", cfg.dtype in ("float32", "bfloat16")), ("fsdp", torchrun or not cfg.fsdp),
+              ("seed", 0 <= cfg.seed < SEED_LIMIT)]
     for name, ok in checks:
         if not ok:
             hint = "launch with torchrun" if name == "fsdp" else "see --help"
@@ -202,11 +186,19 @@ def reference_cache(cfg, reference, tokenizer, pairs, device, rank, world_size):
     else computed once (dpo.reference_logps) and cached for a resumed or repeated run. The reference is the
     initial policy (with --dtype bfloat16: its float32 weights under autocast, where the per-step reference is a
     bf16 copy, so the two agree to bf16 rounding)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
     settings = [cfg.max_length, cfg.max_prompt_length, cfg.dtype, getattr(reference.config, "_commit_hash", None)]
     path = checkpoint.reference_cache_path(cfg.out, cfg.model, pairs, settings)
     if os.path.exists(path):
-        return load_file(path)["logps"].to(device)
+        try:
+            logps = load_file(path)["logps"]
+            if logps.shape == (2, len(pairs)):
+                return logps.to(device)
+        except (OSError, KeyError, SafetensorError):
+            pass
+        if rank == 0:
+            print(f"warning: {path} is damaged; computing the reference's log-probs again", file=sys.stderr)
     logps = dpo.reference_logps(reference, tokenizer, pairs, cfg.batch_size, cfg.max_length, cfg.max_prompt_length,
                                 device, cfg.dtype == "bfloat16", rank, world_size)
     if rank == 0:
@@ -276,8 +268,9 @@ def main(cfg):
     if cfg.gram_layers > len(transformer_blocks(policy)):
         raise UsageError(f"--gram-layers: {cfg.gram_layers}, but the model has {len(transformer_blocks(policy))} "
                          "transformer blocks")
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing:  # transformers 5 renamed it; 4.x has only the old name
+        enable = getattr(policy, "activation_checkpointing_enable", None) or policy.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     reference, cached = None, None
     if not cfg.precompute_ref and cfg.lora_r == 0:  # a frozen copy of the initial policy; bf16 halves it
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -302,7 +295,11 @@ def main(cfg):
     stream = batches(len(pairs), cfg.batch_size, cfg.seed, rank, world_size)
     evaluate = main_process and not cfg.fsdp  # sampling a sharded model would need every process in step
     if resume_from:
-        state = checkpoint.load_checkpoint(resume_from, policy, optimizer)
+        try:
+            state = checkpoint.load_checkpoint(resume_from, policy, optimizer)
+        except Exception as error:  # written atomically, so damaged afterwards: say which, not a reader's traceback
+            raise RunError(f"--resume: {resume_from} cannot be read ({type(error).__name__}: {first_line(error)}); "
+                           "delete it to resume from the one before, or pass --overwrite") from None
         scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         for _ in range(state["step"] * cfg.grad_accum):  # replay the data stream to where the checkpoint was
@@ -312,8 +309,8 @@ def main(cfg):
     else:
         state = dict(step=0, window={}, final={}, bad_steps=0, skipped=0,
                      before=world_evaluation(policy, tokenizer, cfg, weights, names, pairs) if evaluate else None)
-    checkpoint.start_run(dataclasses.asdict(cfg), resume_from is not None)
     try:
+        checkpoint.start_run(dataclasses.asdict(cfg), resume_from is not None)
         train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, weights, optimizer, scheduler,
                     backward, stream, device, distributed, main_process, resume_from)
         after = world_evaluation(policy, tokenizer, cfg, weights, names, pairs,
@@ -333,6 +330,11 @@ def main(cfg):
         return None
     if state["before"] is not None:
         world.print_comparison(state["before"], after, names)
+    if state["skipped"]:  # fewer than --max-bad-steps in a row, or the run would have stopped: but never silent
+        ending = f", the last {state['bad_steps']} in a row: the policy has likely diverged (is --lr {cfg.lr:g} too " \
+                 "high?)" if state["bad_steps"] else ""
+        print(f"warning: {state['skipped']} of {cfg.steps} steps were skipped for non-finite losses or gradients"
+              f"{ending}; see skipped_steps in metrics.jsonl", file=sys.stderr)
     print(f"{time.time() - started:.0f} s; policy in {policy_dir}, metrics in {cfg.out}/metrics.jsonl "
           f"and {cfg.out}/summary.json")
     return summary
@@ -423,21 +425,6 @@ def train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, 
             log.close()
 
 
-def run_command(main, *args):
-    """Run a command line's main: bad input is one line on stderr and exit code 2, a run that cannot go on one line
-    and exit code 1, Ctrl-C before training one line and 130; never a traceback."""
-    try:
-        return main(*args)
-    except INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("\ninterrupted before training began: nothing was saved", file=sys.stderr)
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    run_command(lambda: main(parse_args()))
+    config = run_command(parse_args)
+    run_command(main, config, interrupted=lambda: checkpoint.left_behind(dataclasses.asdict(config)))

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import checkpoint
+import command_line
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,7 +122,7 @@ def test_an_out_holding_another_run_is_refused_unless_overwrite(tiny_model_dir, 
     assert str(error.value) == (f"--out: {out} holds another run (run.json, metrics.jsonl, policy, summary.json); "
                                 "pass --overwrite to replace it or --resume to continue it")
     assert all(torch.equal(before[k], v) for k, v in parameters(out).items())  # untouched
-    with pytest.raises(train.INPUT_ERRORS):  # a bad flag with --overwrite costs the old run nothing either
+    with pytest.raises(command_line.INPUT_ERRORS):  # a bad flag with --overwrite costs the old run nothing either
         train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--overwrite",
                                           "--weights", "1,2,3")))
     assert all(torch.equal(before[k], v) for k, v in parameters(out).items())
@@ -195,3 +196,73 @@ def test_rerunning_a_finished_run_keeps_its_last_line(tiny_model_dir, tiny_pairs
     assert [m["step"] for m in first] == [2, 4, 5]
     assert train.main(args)["resumed_from"].endswith("step-000005")  # the same command again: nothing left to run
     assert metrics(tmp_path / "run") == first
+
+
+@pytest.mark.parametrize("damage", ["truncated trainer.pt", "no state metadata"])
+def test_a_checkpoint_damaged_after_it_was_written_is_one_line_naming_it(damage, tiny_model_dir, tiny_pairs,
+                                                                         tmp_path):
+    args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "2", "--save-every", "2"))
+    train.main(args)
+    (latest,) = checkpoint.checkpoints(tmp_path / "run")
+    if damage == "truncated trainer.pt":
+        trainer = os.path.join(latest, "trainer.pt")
+        os.truncate(trainer, os.path.getsize(trainer) // 2)
+    else:
+        os.remove(os.path.join(latest, "state", ".metadata"))
+    with pytest.raises(checkpoint.RunError) as error:
+        train.main(args)  # the same command: it resumes from the damaged checkpoint
+    message = str(error.value)
+    assert message.startswith(f"--resume: {latest} cannot be read (") and "\n" not in message
+    assert message.endswith("delete it to resume from the one before, or pass --overwrite")
+
+
+def test_a_damaged_reference_cache_is_computed_again(tiny_model_dir, tiny_pairs, tmp_path, capsys):
+    common = flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "2", "--precompute-ref")
+    first = train.main(train.parse_args(common))
+    (cache,) = (tmp_path / "run").glob("reference_logps-*.safetensors")
+    intact = load_file(cache)["logps"].clone()  # not a view of the file that is about to be cut
+    os.truncate(cache, 50)
+    again = train.main(train.parse_args([*common, "--overwrite"]))
+    assert f"warning: {cache} is damaged; computing the reference's log-probs again" in capsys.readouterr().err
+    assert torch.equal(load_file(cache)["logps"], intact) and again["final"] == first["final"]
+
+
+def test_steps_skipped_at_the_end_of_a_run_are_never_silent(tiny_model_dir, tiny_pairs, tmp_path, capsys):
+    # lr 1e30: the first update is finite but enormous, every later step is non-finite; fewer than --max-bad-steps
+    summary = train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--lr", "1e30",
+                                                "--steps", "3", "--max-bad-steps", "10")))
+    assert summary["skipped_steps"] == 2
+    assert ("warning: 2 of 3 steps were skipped for non-finite losses or gradients, the last 2 in a row: the policy "
+            "has likely diverged (is --lr 1e+30 too high?); see skipped_steps in metrics.jsonl") \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_outside_the_loop_is_one_line_saying_what_is_left(how, code, capsys):
+    def loading_a_model():
+        os.kill(os.getpid(), how)
+        time.sleep(10)  # the signal arrives first
+    with pytest.raises(SystemExit) as stop:
+        command_line.run_command(loading_a_model, interrupted=lambda: "what is left")
+    assert stop.value.code == code and capsys.readouterr().err == "\ninterrupted: what is left\n"
+
+
+def test_what_an_interrupt_leaves_names_this_runs_last_checkpoint(tiny_model_dir, tiny_pairs, tmp_path):
+    args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "4", "--save-every", "2"))
+    config = vars(args).copy()
+    assert checkpoint.left_behind(config) == "no checkpoint of this run was saved"  # nothing yet
+    train.main(args)
+    latest = checkpoint.checkpoints(tmp_path / "run")[-1]
+    assert checkpoint.left_behind(config) == f"the last checkpoint, {latest}, is intact; run the same command " \
+                                             "again to continue from it"
+    assert "without --overwrite" in checkpoint.left_behind({**config, "overwrite": True})
+    assert checkpoint.left_behind({**config, "lr": 1.0}) == "no checkpoint of this run was saved"  # another run's
+
+
+def test_the_write_probe_leaves_nothing_and_json_is_written_whole_and_strict(tmp_path):
+    target = tmp_path / "new" / "deeper"
+    checkpoint.check_writable(str(target))
+    assert os.listdir(tmp_path) == []  # the directories it made to try are gone
+    checkpoint.write_json(str(target / "eval.json"), {"accuracy": float("nan"), "se": [1.5, float("inf")]})
+    assert json.loads((target / "eval.json").read_text()) == {"accuracy": None, "se": [1.5, None]}
+    assert os.listdir(target) == ["eval.json"]  # no temporary file left

@@ -1,6 +1,7 @@
 """eval.py: held-out pair metrics against one pair at a time straight from dpo.py, reward models against a direct
 forward, a checkpoint on real-style data end to end, and bad input."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,13 +10,15 @@ import pytest
 import torch
 from transformers import LlamaForSequenceClassification
 
+import checkpoint
+import command_line
 import dpo
 import eval as evaluation
 import train
 from policy import load_model
 from preference_data import load_pairs
 from test_policy import sharpened
-from tiny import tiny_config, word_tokenizer
+from tiny import tiny_config, tiny_llama, word_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +58,8 @@ def test_reference_against_itself_has_zero_margins_and_batching_changes_nothing(
 
 
 def test_reward_scores_equal_a_direct_forward_of_each_text(reward_model_dir):
-    (tokenizer, model), = evaluation.load_reward_models(f"good={reward_model_dir}", torch.device("cpu")).values()
+    (tokenizer, model), = evaluation.load_reward_models(evaluation.parse_reward_models(f"good={reward_model_dir}"),
+                                                         torch.device("cpu")).values()
     prompts = ["question hello", "question", "hello world question"]
     responses = ["good answer", "bad long long long answer", "short"]
     scores = evaluation.reward_scores(model, tokenizer, prompts, responses, batch_size=2)
@@ -74,7 +78,9 @@ def test_checkpoint_on_real_style_data_is_scored_by_reward_models(tiny_model_dir
     result = evaluation.main(["--checkpoint", str(run), "--data", tiny_pairs, "--split", "train",
                               "--reward-models", f"good={reward_model_dir}", "--samples", "3",
                               "--max-new-tokens", "6"])
-    assert (run / "eval.json").read_text() == json.dumps(result, indent=2)
+    # strict JSON: a standard error of one prompt is NaN in Python and null in the file
+    assert (run / "eval.json").read_text() == json.dumps(checkpoint.strict_json(result), indent=2)
+    assert math.isnan(result["samples"]["policy"]["tokens_se"]) and "NaN" not in (run / "eval.json").read_text()
     assert set(result["pairs"]) == {"good", "short"} and result["pairs"]["short"]["pairs"] == 4
     assert result["pairs"]["good"]["accuracy"] == 1.0  # trained for 2 steps on exactly these pairs
     policy = result["samples"]["policy"]
@@ -88,8 +94,11 @@ BAD_INPUTS = [
     (["--checkpoint", "no/such/run"], "--checkpoint: no/such/run: expected a finished train.py output with "
                                       "summary.json and policy/"),
     (["--samples", "0", "--checkpoint", "x"], "--samples: expected a positive integer, got 0"),
-    (["--temperature", "0", "--checkpoint", "x"], "--temperature: expected a positive finite number, got 0.0"),
-    (["--temperature", "inf", "--checkpoint", "x"], "--temperature: expected a positive finite number, got inf"),
+    (["--temperature", "0", "--checkpoint", "x"], "--temperature: expected a finite number >= 0.0001, got 0.0"),
+    (["--temperature", "inf", "--checkpoint", "x"], "--temperature: expected a finite number >= 0.0001, got inf"),
+    (["--temperature", "1e-300", "--checkpoint", "x"], "--temperature: expected a finite number >= 0.0001, got "
+                                                       "1e-300"),  # logits / temperature would overflow
+    (["--seed", "-1", "--checkpoint", "x"], "--seed: expected integers in [0, 2**63), got -1"),
     (["--prompts", "many"], "argument --prompts: invalid int value: 'many'"),
     (["--checkpoint", "x", "--colour"], "unrecognized arguments: --colour"),
 ]
@@ -97,12 +106,15 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("flags,message", BAD_INPUTS)
 def test_bad_input_is_one_clear_line(flags, message):
-    with pytest.raises(train.UsageError) as error:
+    with pytest.raises(command_line.UsageError) as error:
         evaluation.main(flags)
     assert str(error.value) == message
 
 
 def test_bad_checkpoint_inputs_name_the_flag(tiny_model_dir, tiny_pairs, reward_model_dir, tmp_path):
+    other_vocabulary = str(tmp_path / "other-vocabulary")  # a reference that is some other model
+    tiny_llama(vocab_size=60).save_pretrained(other_vocabulary)
+    word_tokenizer().save_pretrained(other_vocabulary)
     run = tmp_path / "run"
     train.main(train.parse_args(["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--steps", "1",
                                  "--batch-size", "4", "--out", str(run)]))
@@ -116,11 +128,22 @@ def test_bad_checkpoint_inputs_name_the_flag(tiny_model_dir, tiny_pairs, reward_
              (["--data", tiny_pairs, "--reward-models", f"good={tiny_model_dir}"],  # a causal LM, no reward head
               f"--reward-models: {tiny_model_dir}: its weights do not fit its config (LlamaForSequenceClassification):"
               " 1 tensors missing, e.g. 'score.weight'"),
+             (["--data", tiny_pairs, "--reward-models", f"kl={reward_model_dir}"],  # would replace the KL column
+              "--reward-models: the name 'kl' is taken (by another reward model or a score the samples already "
+              "have: kl, samples, tokens); pick another"),
+             (["--data", tiny_pairs, "--reward-models", f"a={reward_model_dir},a={reward_model_dir}"],
+              "--reward-models: the name 'a' is taken (by another reward model or a score the samples already have: "
+              "kl, samples, tokens); pick another"),
+             (["--data", tiny_pairs, "--reward-models", f"good={reward_model_dir}x"],  # before any model loads
+              f"--reward-models: {reward_model_dir}x: no such directory"),
+             (["--data", tiny_pairs, "--reference", other_vocabulary],
+              f"--reference: {other_vocabulary} has a vocabulary of 60 tokens, the policy one of 49: it is not the "
+              "model the policy came from"),
              (["--out", str(tmp_path)], f"--out: {tmp_path} is a directory; expected the path of a .json file"),
              (["--out", str(run / "summary.json" / "eval.json")],
               f"--out: {run / 'summary.json'} is a file, not a directory")]
     for flags, message in cases:
-        with pytest.raises(train.INPUT_ERRORS) as error:
+        with pytest.raises(command_line.INPUT_ERRORS) as error:
             evaluation.main(["--checkpoint", str(run), *flags])
         assert str(error.value) == message
     summary = (run / "summary.json").read_text()
@@ -128,9 +151,14 @@ def test_bad_checkpoint_inputs_name_the_flag(tiny_model_dir, tiny_pairs, reward_
                                   "column 2 (char 1))"),
                             ("[]", "expected a 'config' dict, as train.py writes it"),
                             (summary.replace('"objectives"', '"names"'), "expected a 'objectives' list, as train.py "
-                                                                         "writes it")):
+                                                                         "writes it"),
+                            (summary.replace('"max_length": 256', '"max_length": "x"'),
+                             "config.max_length: expected int, got 'x'"),
+                            (summary.replace('"beta": 0.1', '"beta": -1'),
+                             "config: --beta: invalid value -1 (see --help)")):
+        assert broken != summary
         (run / "summary.json").write_text(broken)
-        with pytest.raises(train.UsageError) as error:
+        with pytest.raises(command_line.UsageError) as error:
             evaluation.main(["--checkpoint", str(run), "--data", tiny_pairs])
         assert str(error.value) == f"--checkpoint: {run / 'summary.json'}: {message}"
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+import command_line
 import pareto
-import train
 import world
 from metrics import front_gain_2d, hypervolume_2d, hypervolume_3d
 
@@ -75,7 +75,7 @@ def test_weight_grids():
     assert pareto.weight_grid("0.3,0.7", ["a", "b"]) == [(0.3, 0.7), (0.7, 0.3)]  # 1 - 0.3 spelled as 0.7
     assert pareto.weight_grid("0.5:0.25:0.25,0.2:0.2:0.6", ["a", "b", "c"]) == [(0.5, 0.25, 0.25), (0.2, 0.2, 0.6)]
     for bad in ("0.3", "0.3,0.3", "0.5:0.5,0.2:0.8", "0.6:0.2:0.3,0.2:0.2:0.6", "a,b"):
-        with pytest.raises(train.UsageError, match="^--sweep: expected"):
+        with pytest.raises(command_line.UsageError, match="^--sweep: expected"):
             pareto.weight_grid(bad, ["a", "b"] if ":" not in bad else ["a", "b", "c"])
 
 
@@ -89,7 +89,7 @@ BAD_INPUTS = [
     (["--lr", "-1"], "--lr: invalid value -1.0 (see --help)"),
     (["--model", "no/such/model"], "no/such/model: not found; the sweep runs on the embedded world "
                                    "(python world_build.py build)"),
-    (["--temperature", "0"], "--temperature: expected a positive finite number, got 0.0"),
+    (["--temperature", "0"], "--temperature: expected a finite number >= 0.0001, got 0.0"),
     (["--steps", "0"], "--steps: expected a positive integer, got 0"),
     (["--colour"], "unrecognized arguments: --colour"),
 ]
@@ -97,6 +97,6 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("flags,message", BAD_INPUTS)
 def test_bad_input_is_one_clear_line(flags, message):
-    with pytest.raises(train.UsageError) as error:
+    with pytest.raises(command_line.UsageError) as error:
         pareto.main(flags)
     assert str(error.value) == message

@@ -1,5 +1,5 @@
-"""Tests for preference_data.py: every sign is checked against a hand-written expectation, and every bad input against the
-exact one-line message train.py will print."""
+"""Tests for preference_data.py: every sign is checked against a hand-written expectation, and every bad input
+against the exact one-line message train.py will print."""
 import json
 import sys
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import command_line
 import train
 import world
 from metrics import front_gain_2d
@@ -60,7 +61,11 @@ UP_FRONT = [
                                                   "--solve-per micro_batch"),
     (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
     (["--out", "{file}"], "--out: {file} is a file, not a directory"),
-    (["--out", "{file}/run"], "--out: {file}/run lies under {file}, which is a file"),
+    (["--out", "{file}/run"], "--out: {file}/run lies under {file}, which is not a directory"),
+    (["--out", ""], "--out: empty; expected a directory"),
+    (["--out", "{out}/" + "x" * 300], "--out: cannot write to {out}/" + "x" * 300 + ": File name too long"),
+    (["--seed", "-1"], "--seed: invalid value -1 (see --help)"),
+    (["--seed", str(2 ** 63)], f"--seed: invalid value {2 ** 63} (see --help)"),
     (["--resume"], "--resume: {out} holds no run to resume"),
 ]
 # Checked once the model and the data are loaded, before any training.
@@ -86,7 +91,7 @@ def check_one_line(flags, message, tiny_model_dir, tiny_pairs, tmp_path):
     file.write_text("not a directory")
     fill = lambda text: text.format(pairs=tiny_pairs, file=file, out=out)  # noqa: E731
     args = ["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--out", str(out)]
-    with pytest.raises(train.INPUT_ERRORS) as error:
+    with pytest.raises(command_line.INPUT_ERRORS) as error:
         run(*args, *map(fill, flags))
     assert str(error.value) == fill(message)
     assert not out.exists() and file.read_text() == "not a directory"  # nothing written, nothing clobbered
@@ -104,18 +109,22 @@ def test_bad_inputs_are_one_clear_line_before_training(flags, message, tiny_mode
 
 
 def test_an_unwritable_out_is_refused_before_loading(tmp_path, failing_load):
-    if os.geteuid() == 0:
-        pytest.skip("root may write anywhere")
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    with pytest.raises(train.INPUT_ERRORS, match=f"--out: {locked} is not writable"):
-        run("--out", str(locked / "run"))
+    if os.geteuid() == 0:  # root writes into a mode-500 directory, but no user writes into the kernel's /sys
+        if not os.path.isdir("/sys/kernel"):
+            pytest.skip("needs /sys (Linux) when run as root")
+        target, reason = "/sys/kernel/raco-run", "Operation not permitted"
+    else:
+        (tmp_path / "locked").mkdir(mode=0o500)
+        target, reason = str(tmp_path / "locked" / "run"), "Permission denied"
+    with pytest.raises(command_line.INPUT_ERRORS) as error:
+        run("--out", target)
+    assert str(error.value) == f"--out: cannot write to {target}: {reason}"
 
 
 def test_bad_data_lines_are_reported_with_their_line(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hello", "response_a": "good", "response_b": "bad", "raco_s_good": 1}\n{oops\n')
-    with pytest.raises(train.INPUT_ERRORS, match=r"bad.jsonl line 2: not valid JSON"):
+    with pytest.raises(command_line.INPUT_ERRORS, match=r"bad.jsonl line 2: not valid JSON"):
         run("--model", tiny_model_dir, "--data", str(bad), "--objectives", "", "--weights", "1",
             "--out", str(tmp_path / "run"))
 
@@ -179,7 +188,7 @@ def write_rows(path, rows):
 def test_an_empty_prompt_without_bos_is_refused_with_its_line(no_bos_model_dir, tmp_path):
     rows = [{"prompt": "hello", "response_a": "good", "response_b": "bad", "raco_s_good": 1}] * 3
     data = write_rows(tmp_path / "pairs.jsonl", rows + [dict(rows[0], prompt="")])
-    with pytest.raises(train.INPUT_ERRORS) as error:
+    with pytest.raises(command_line.INPUT_ERRORS) as error:
         run("--model", no_bos_model_dir, "--data", data, "--weights", "1", "--batch-size", "2",
             "--out", str(tmp_path / "run"))
     assert str(error.value) == (f"{data} line 4: empty prompt, and the tokenizer adds no BOS: the first response "

@@ -1,0 +1,71 @@
+"""The command lines' contract (train.py, eval.py, pareto.py, frontier.py): bad input is one line naming the flag,
+file or field and exit code 2; a run that cannot go on is one line and exit code 1; Ctrl-C or SIGTERM is one line
+saying what is left and exit code 130 or 143. Never a traceback.
+"""
+import argparse
+import math
+import signal
+import sys
+
+from checkpoint import RunError
+from policy import ModelError
+from preference_data import DataError
+
+
+class UsageError(ValueError):
+    """A bad flag: reported as one line, exit code 2."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (divergence, a full disk): one line, exit code 1, the last checkpoint intact."""
+
+
+# Every error that is the user's input rather than a bug: a flag, a data file, a model directory, an --out. The
+# command lines print it as one line and exit 2, without a traceback.
+INPUT_ERRORS = (UsageError, DataError, ModelError, RunError)
+
+
+SEED_LIMIT = 2 ** 63  # seeds are non-negative and below this (torch.manual_seed's range)
+MIN_TEMPERATURE = 1e-4  # sampling temperatures at least this: logits / temperature must stay finite
+
+
+def check_sampling(temperature, seeds, seed_flag="--seed"):
+    """The sampling flags of eval.py, pareto.py and frontier.py."""
+    if not MIN_TEMPERATURE <= temperature < math.inf:
+        raise UsageError(f"--temperature: expected a finite number >= {MIN_TEMPERATURE:g}, got {temperature}")
+    for seed in seeds:
+        if not 0 <= seed < SEED_LIMIT:
+            raise UsageError(f"{seed_flag}: expected integers in [0, 2**63), got {seed}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print its usage block as well: bad input is one line here
+        raise UsageError(message)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which handles it itself), raised as Ctrl-C raises KeyboardInterrupt."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def run_command(main, *args, interrupted=lambda: "nothing was written"):
+    """Run a command line's main: bad input is one line on stderr and exit code 2, a run that cannot go on one line
+    and exit code 1, Ctrl-C or SIGTERM outside the training loop one line (`interrupted()` says what is left) and
+    exit code 130 or 143; never a traceback."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return main(*args)
+    except INPUT_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as error:
+        print(f"\ninterrupted: {interrupted()}", file=sys.stderr)
+        sys.exit(143 if isinstance(error, Terminated) else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
