@@ -26,6 +26,9 @@ import torch
 
 import dpo
 from cagrad import coefficients
+from command_line import OneLineParser, UsageError, run_command
+from policy import load_model, pick_device
+from preference_data import load_pairs
 from raco import MultiObjectiveBackward
 
 WEIGHTS = [0.5, 0.5]
@@ -193,8 +196,6 @@ def bench_subset(device, rounds):
 
 def bench_subset_world(rounds):
     """The same on the embedded world: its shipped model and a micro-batch of 16 of its pairs (train.py's default)."""
-    from policy import load_model
-    from preference_data import load_pairs
     tokenizer, model = load_model("models/world-tiny", torch.device("cpu"))
     pairs, _ = load_pairs("data/world_train.jsonl", objectives=["quality", "conciseness"], limit=16)
     tokens = dpo.tokenize_pairs(tokenizer, [p.prompt for p in pairs], [p.response_a for p in pairs],
@@ -240,14 +241,16 @@ def bench_logps_memory(device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
     parser.add_argument("--only", choices=["solver", "step", "subset", "logps"], help="one part only")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per method (default: %(default)s)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a child process measuring one method's peak
     parser.add_argument("--gram-layers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    if args.rounds < 1:
+        raise UsageError(f"--rounds: expected a positive integer, got {args.rounds}")
+    device = pick_device(args.device)
     if args.memory_of:
         model, batch, _ = bench_model(device)
         step = Step(model, batch, args.memory_of, args.gram_layers)
@@ -271,4 +274,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

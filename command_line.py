@@ -1,6 +1,6 @@
-"""The command lines' contract (train.py, eval.py, pareto.py, frontier.py): bad input is one line naming the flag,
-file or field and exit code 2; a run that cannot go on is one line and exit code 1; Ctrl-C or SIGTERM is one line
-saying what is left and exit code 130 or 143. Never a traceback.
+"""Every command line's contract (train.py, eval.py, pareto.py, frontier.py, toy_pareto.py, world_build.py,
+bench.py): bad input is one line naming the flag, file or field and exit code 2; a run that cannot go on is one line
+and exit code 1; Ctrl-C or SIGTERM is one line saying what is left and exit code 130 or 143. Never a traceback.
 """
 import argparse
 import math

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cagrad import METHODS, coefficients
+from command_line import OneLineParser, UsageError, run_command
 
 Claim = namedtuple("Claim", "name passed detail")
 DESCENT_METHODS = ("lw", "cagrad", "raco")  # the three that target theta_w*; MGDA and PCGrad do not
@@ -393,8 +394,7 @@ def print_table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="out/toy", help="folder for the PNG figures")
     parser.add_argument("--quick", action="store_true", help="fewer seeds and dimensions, shorter toy runs")
     parser.add_argument("--c", type=float, default=0.4, help="CAGrad radius c in [0, 1)")
@@ -404,6 +404,10 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.3, help="toy: Adam's peak learning rate (cosine decay to 0)")
     parser.add_argument("--beta2", type=float, default=0.9, help="toy: Adam's second-moment decay (see run_cagrad_toy)")
     args = parser.parse_args(argv)
+    for flag, ok in (("c", 0 <= args.c < 1), ("eta_scale", 0 < args.eta_scale <= 1), ("seeds", args.seeds > 0),
+                     ("steps", args.steps > 0), ("lr", 0 < args.lr < math.inf), ("beta2", 0 <= args.beta2 < 1)):
+        if not ok:  # (--seeds 0 would check nothing and pass)
+            raise UsageError(f"--{flag.replace('_', '-')}: invalid value {getattr(args, flag)!r} (see --help)")
     started = time.time()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     dims, seeds = ((2, 20), range(3)) if args.quick else ((2, 50, 100), range(args.seeds))
@@ -440,4 +444,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)  # every tensor here is tiny: on a small CPU, intra-op threads cost more than they save
-    sys.exit(main())
+    sys.exit(run_command(main))

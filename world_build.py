@@ -25,6 +25,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from command_line import OneLineParser, UsageError, check_sampling, run_command
 from metrics import pearson
 from policy import load_model, sample
 from world import (ATTRIBUTES, ENTITIES, INTENSIFIER, OBJECTIVES, PREFIXES, USUAL, eval_prompts, make_prompts,
@@ -220,9 +221,9 @@ def stats(model_dir="models/world-tiny", n=512, temperature=1.0, seed=0):
     describe_samples(prompts, responses)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Build or inspect the embedded multi-objective world.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def main(argv=None):
+    parser = OneLineParser(description="Build or inspect the embedded multi-objective world.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("command", choices=["build", "stats"])
     parser.add_argument("--out-model", default="models/world-tiny", help="model + tokenizer folder")
     parser.add_argument("--out-data", default="data", help="folder of world_train.jsonl / world_eval.jsonl")
@@ -232,9 +233,18 @@ if __name__ == "__main__":
     parser.add_argument("--eval-pairs", type=int, default=256, help="pairs on held-out prompts")
     parser.add_argument("--label-temperature", type=float, default=0.05, help="Bradley-Terry label noise")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (stats)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for flag, ok in (("steps", args.steps > 0), ("train_pairs", args.train_pairs > 0),
+                     ("eval_pairs", args.eval_pairs > 0), ("label_temperature", 0 < args.label_temperature < math.inf)):
+        if not ok:
+            raise UsageError(f"--{flag.replace('_', '-')}: invalid value {getattr(args, flag)!r} (see --help)")
+    check_sampling(args.temperature, [args.seed])
     if args.command == "build":
         build(args.out_model, args.out_data, seed=args.seed, steps=args.steps, train_pairs=args.train_pairs,
               eval_pairs=args.eval_pairs, label_temperature=args.label_temperature)
     else:
         stats(args.out_model, temperature=args.temperature, seed=args.seed)
+
+
+if __name__ == "__main__":
+    run_command(main)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import toy_pareto
+from command_line import UsageError
 from toy_pareto import (check_quadratics, check_toy, check_worked_example, descend, gamma, min_norm_ratio, pareto_set,
                         random_quadratics, run_cagrad_toy, toy_gradients, toy_losses, toy_table, worked_example)
 
@@ -115,3 +116,12 @@ def test_main_exits_nonzero_and_names_the_failed_claim(monkeypatch, tmp_path, ca
     # Gamma feeds the per-step certificate and the worked example, nothing else: exactly those must fail.
     assert any("certificate" in line for line in failures)
     assert all("certificate" in line or "worked example: gamma" in line for line in failures)
+
+
+def test_bad_flags_are_one_line_before_anything_runs():
+    for flags, message in ((["--seeds", "0"], "--seeds: invalid value 0 (see --help)"),  # would check nothing
+                           (["--c", "1"], "--c: invalid value 1.0 (see --help)"),
+                           (["--eta-scale", "2"], "--eta-scale: invalid value 2.0 (see --help)")):
+        with pytest.raises(UsageError) as error:
+            toy_pareto.main(flags)
+        assert str(error.value) == message

@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+import command_line
 import world
 import world_build
 from metrics import front_gain_2d, front_hypervolume_2d, pareto_front, pearson
@@ -347,3 +348,13 @@ def test_no_achievable_point_lies_beyond_the_front():
     sampled = [world.score(r["prompt"], r[side]) for r in rows for side in ("response_a", "response_b")]
     mean = (sum(s["quality"] for s in sampled) / len(sampled), sum(s["conciseness"] for s in sampled) / len(sampled))
     assert front_gain_2d(mean, world.exact_front(prompts=[r["prompt"] for r in rows])) > 0
+
+
+def test_the_build_commands_bad_flags_are_one_line_before_anything_runs():
+    for flags, message in ((["build", "--steps", "0"], "--steps: invalid value 0 (see --help)"),
+                           (["stats", "--temperature", "0"],
+                            "--temperature: expected a finite number >= 0.0001, got 0.0"),
+                           (["stats", "--out-model", "./no/model"], "--out-model: ./no/model: no such directory")):
+        with pytest.raises(command_line.INPUT_ERRORS) as error:
+            world_build.main(flags)
+        assert str(error.value) == message
