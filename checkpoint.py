@@ -59,17 +59,14 @@ def check_writable(path, flag="--out"):
     if not os.path.isdir(parent):
         raise RunError(f"{flag}: {path} lies under {parent}, which is not a directory")
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        if parent == path:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        else:  # the missing directories, made inside a uniquely named one: processes probing at once never collide
+            with tempfile.TemporaryDirectory(dir=parent) as trial:
+                os.makedirs(os.path.join(trial, os.path.relpath(path, parent)))
     except OSError as error:
         raise RunError(f"{flag}: cannot write to {path}: {error.strerror or error}") from None
-    finally:
-        created = path
-        while created != parent:  # remove the directories the probe made (between parent and path), and no other
-            if os.path.isdir(created):
-                os.rmdir(created)
-            created = os.path.dirname(created)
 
 
 def checkpoints(out):

@@ -144,8 +144,7 @@ def evaluate_checkpoint(args):
     if source is None:
         raise UsageError(f"--data: the policy was trained on {cfg.data}; name its held-out pairs with --data")
     # the names the samples' scores already use: a reward model may not silently replace one
-    taken = {"samples", "kl", *(["quality", "conciseness", "faithfulness", "well_formed", "words"] if on_world
-                                 else ["tokens"])}
+    taken = {"samples", "kl", *(world.SCORES if on_world else ["tokens"])}
     reward_paths = parse_reward_models(args.reward_models, taken)  # checked before anything loads
     tokenizer, policy = load_model(os.path.join(args.checkpoint, "policy"), device, "--checkpoint")
     pairs, _ = load_pairs(source, args.data_format, names, tokenizer, args.split, args.pairs)

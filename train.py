@@ -34,8 +34,8 @@ import checkpoint
 import dpo
 import world
 from cagrad import METHODS
-from command_line import SEED_LIMIT, OneLineParser, TrainingError, UsageError, run_command
 from checkpoint import RunError
+from command_line import SEED_LIMIT, OneLineParser, TrainingError, UsageError, run_command
 from policy import add_lora, eval_mode, load_model, pick_device, shard, transformer_blocks
 from preference_data import DataError, first_line, load_pairs
 from raco import MultiObjectiveBackward
@@ -340,6 +340,14 @@ def main(cfg):
     return summary
 
 
+def step_of_line(line):
+    """The step of a metrics.jsonl line; a line cut short by a kill belongs to no step that was saved."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, weights, optimizer, scheduler,
                 backward, stream, device, distributed, main_process, saved):
     """The loop, from state["step"] to cfg.steps: updates state, logs, checkpoints, and stops cleanly on a signal
@@ -348,8 +356,7 @@ def train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, 
     log = None
     if main_process:  # on resume, the lines the interrupted run wrote after its checkpoint are written again
         path = os.path.join(cfg.out, "metrics.jsonl")
-        kept = [line for line in open(path) if json.loads(line)["step"] <= state["step"]] \
-            if os.path.exists(path) else []
+        kept = [line for line in open(path) if step_of_line(line) <= state["step"]] if os.path.exists(path) else []
         log = open(path, "w")
         log.writelines(kept)
     progress = tqdm(range(state["step"] + 1, cfg.steps + 1), disable=not main_process, desc=cfg.method,

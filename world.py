@@ -41,6 +41,7 @@ from metrics import front_gain_2d, pareto_front
 from policy import evaluate_samples
 
 OBJECTIVES = ("quality", "conciseness", "faithfulness")
+SCORES = OBJECTIVES + ("well_formed", "words")  # what score() returns for a response
 
 ENTITIES = ("cat", "dog", "owl", "fox", "bee", "cow", "pig", "hen", "ant", "rat", "bat", "elk")
 ATTRIBUTES = ("happy", "fast", "old", "red", "small", "big", "slow", "young", "brown", "green", "blue", "tall")

@@ -194,6 +194,8 @@ def test_rerunning_a_finished_run_keeps_its_last_line(tiny_model_dir, tiny_pairs
     train.main(args)
     first = metrics(tmp_path / "run")
     assert [m["step"] for m in first] == [2, 4, 5]
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:  # and a line a kill cut short, as if written after
+        f.write('{"step": 6, "good/lo')
     assert train.main(args)["resumed_from"].endswith("step-000005")  # the same command again: nothing left to run
     assert metrics(tmp_path / "run") == first
 

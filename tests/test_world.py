@@ -75,6 +75,7 @@ def test_ill_formed_responses(text):
 
 def test_full_coverage():
     s = world.score(PROMPT, "the happy cat . the slow dog . the old owl .")
+    assert tuple(s) == world.SCORES and tuple(world.score(PROMPT, "the")) == world.SCORES  # what eval.py reserves
     assert s["well_formed"] == 1.0 and s["words"] == 9
     assert close(s["quality"], 1.0) and close(s["faithfulness"], 1.0)
     assert close(s["conciseness"], 1 / (1 + 9 / world.CONCISE_HALF_WORDS))  # = 0.5 at 9 words
