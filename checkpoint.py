@@ -50,6 +50,10 @@ def check_writable(path, flag="--out"):
     leaving nothing behind."""
     if not path:
         raise RunError(f"{flag}: empty; expected a directory")
+    try:
+        path.encode("utf-8")  # the tokenizer's and safetensors' writers take UTF-8 paths only
+    except UnicodeEncodeError:
+        raise RunError(f"{flag}: {path!r} is not valid UTF-8; rename it") from None
     path = os.path.abspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunError(f"{flag}: {path} is a file, not a directory")
@@ -238,6 +242,9 @@ def load_checkpoint(path, model, optimizer):
     not, as they are); returns its trainer state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    for part in ("state/.metadata", "trainer.pt"):  # missing, dcp would log pages of fallbacks before it failed
+        if not os.path.isfile(os.path.join(path, part)):
+            raise FileNotFoundError(f"its {part} is missing")
     model_state, optimizer_state = _state_dicts(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
     with warnings.catch_warnings(), _plain_errors():

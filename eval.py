@@ -136,6 +136,9 @@ def evaluate_checkpoint(args):
     out = args.out or os.path.join(args.checkpoint, "eval.json")
     if os.path.isdir(out):
         raise UsageError(f"--out: {out} is a directory; expected the path of a .json file")
+    inside = os.path.relpath(os.path.realpath(out), os.path.realpath(args.checkpoint))
+    if inside in ("run.json", "summary.json", "metrics.jsonl") or inside.split(os.sep)[0] in ("policy", "checkpoints"):
+        raise UsageError(f"--out: {out} is one of the run's own files; name another")
     check_writable(os.path.dirname(os.path.abspath(out)), "--out")  # now, not after the whole evaluation
     cfg, names, device = summary["config"], summary["objectives"], pick_device(args.device)
     # names alone are not enough: MOA summarisation data has the world's objective names

@@ -29,7 +29,7 @@ import torch
 
 import train
 import world
-from checkpoint import write_json
+from checkpoint import check_writable, write_json
 from command_line import OneLineParser, UsageError, check_sampling, run_command
 from eval import pair_metrics
 from metrics import (fraction_dominated, front_gain_2d, front_hypervolume_2d, hypervolume_2d, hypervolume_3d,
@@ -416,6 +416,7 @@ def check_arguments(args):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     check_sampling(args.temperature, [])
+    check_writable(args.out)
     return args
 
 

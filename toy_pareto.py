@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cagrad import METHODS, coefficients
+from checkpoint import check_writable
 from command_line import OneLineParser, UsageError, run_command
 
 Claim = namedtuple("Claim", "name passed detail")
@@ -408,6 +409,7 @@ def main(argv=None):
                      ("steps", args.steps > 0), ("lr", 0 < args.lr < math.inf), ("beta2", 0 <= args.beta2 < 1)):
         if not ok:  # (--seeds 0 would check nothing and pass)
             raise UsageError(f"--{flag.replace('_', '-')}: invalid value {getattr(args, flag)!r} (see --help)")
+    check_writable(args.out)
     started = time.time()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     dims, seeds = ((2, 20), range(3)) if args.quick else ((2, 50, 100), range(args.seeds))

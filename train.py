@@ -193,7 +193,7 @@ def reference_cache(cfg, reference, tokenizer, pairs, device, rank, world_size):
     if os.path.exists(path):
         try:
             logps = load_file(path)["logps"]
-            if logps.shape == (2, len(pairs)):
+            if logps.shape == (2, len(pairs)) and logps.dtype == torch.float32 and bool(torch.isfinite(logps).all()):
                 return logps.to(device)
         except (OSError, KeyError, SafetensorError):
             pass

@@ -25,6 +25,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from checkpoint import check_writable
 from command_line import OneLineParser, UsageError, check_sampling, run_command
 from metrics import pearson
 from policy import load_model, sample
@@ -239,7 +240,9 @@ def main(argv=None):
         if not ok:
             raise UsageError(f"--{flag.replace('_', '-')}: invalid value {getattr(args, flag)!r} (see --help)")
     check_sampling(args.temperature, [args.seed])
-    if args.command == "build":
+    if args.command == "build":  # both outputs checked now, not after minutes of pretraining
+        check_writable(args.out_model, "--out-model")
+        check_writable(args.out_data, "--out-data")
         build(args.out_model, args.out_data, seed=args.seed, steps=args.steps, train_pairs=args.train_pairs,
               eval_pairs=args.eval_pairs, label_temperature=args.label_temperature)
     else:

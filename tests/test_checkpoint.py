@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import checkpoint
 import command_line
@@ -215,6 +215,8 @@ def test_a_checkpoint_damaged_after_it_was_written_is_one_line_naming_it(damage,
         train.main(args)  # the same command: it resumes from the damaged checkpoint
     message = str(error.value)
     assert message.startswith(f"--resume: {latest} cannot be read (") and "\n" not in message
+    if damage == "no state metadata":  # found before torch.distributed.checkpoint logs its fallbacks
+        assert "(FileNotFoundError: its state/.metadata is missing)" in message
     assert message.endswith("delete it to resume from the one before, or pass --overwrite")
 
 
@@ -223,10 +225,14 @@ def test_a_damaged_reference_cache_is_computed_again(tiny_model_dir, tiny_pairs,
     first = train.main(train.parse_args(common))
     (cache,) = (tmp_path / "run").glob("reference_logps-*.safetensors")
     intact = load_file(cache)["logps"].clone()  # not a view of the file that is about to be cut
-    os.truncate(cache, 50)
-    again = train.main(train.parse_args([*common, "--overwrite"]))
-    assert f"warning: {cache} is damaged; computing the reference's log-probs again" in capsys.readouterr().err
-    assert torch.equal(load_file(cache)["logps"], intact) and again["final"] == first["final"]
+    for damage in ("cut", "nan"):
+        if damage == "cut":
+            os.truncate(cache, 50)
+        else:  # a whole file whose values cannot be log-probs
+            save_file({"logps": torch.full_like(intact, float("nan"))}, cache)
+        again = train.main(train.parse_args([*common, "--overwrite"]))
+        assert f"warning: {cache} is damaged; computing the reference's log-probs again" in capsys.readouterr().err
+        assert torch.equal(load_file(cache)["logps"], intact) and again["final"] == first["final"]
 
 
 def test_steps_skipped_at_the_end_of_a_run_are_never_silent(tiny_model_dir, tiny_pairs, tmp_path, capsys):
@@ -259,6 +265,14 @@ def test_what_an_interrupt_leaves_names_this_runs_last_checkpoint(tiny_model_dir
                                              "again to continue from it"
     assert "without --overwrite" in checkpoint.left_behind({**config, "overwrite": True})
     assert checkpoint.left_behind({**config, "lr": 1.0}) == "no checkpoint of this run was saved"  # another run's
+
+
+def test_the_write_probe_refuses_what_the_writers_cannot_take(tmp_path):
+    bad = str(tmp_path) + "/run-\udcff"  # a byte that is not UTF-8, as Python decodes it from a file name
+    with pytest.raises(checkpoint.RunError, match="is not valid UTF-8; rename it$"):
+        checkpoint.check_writable(bad)
+    with pytest.raises(checkpoint.RunError, match="^--out: empty; expected a directory$"):
+        checkpoint.check_writable("")
 
 
 def test_the_write_probe_leaves_nothing_and_json_is_written_whole_and_strict(tmp_path):

@@ -92,11 +92,12 @@ BAD_INPUTS = [
     (["--temperature", "0"], "--temperature: expected a finite number >= 0.0001, got 0.0"),
     (["--steps", "0"], "--steps: expected a positive integer, got 0"),
     (["--colour"], "unrecognized arguments: --colour"),
+    (["--out", ""], "--out: empty; expected a directory"),  # found now, not after the whole sweep
 ]
 
 
 @pytest.mark.parametrize("flags,message", BAD_INPUTS)
 def test_bad_input_is_one_clear_line(flags, message):
-    with pytest.raises(command_line.UsageError) as error:
+    with pytest.raises(command_line.INPUT_ERRORS) as error:
         pareto.main(flags)
     assert str(error.value) == message

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import toy_pareto
-from command_line import UsageError
+from command_line import INPUT_ERRORS
 from toy_pareto import (check_quadratics, check_toy, check_worked_example, descend, gamma, min_norm_ratio, pareto_set,
                         random_quadratics, run_cagrad_toy, toy_gradients, toy_losses, toy_table, worked_example)
 
@@ -121,7 +121,8 @@ def test_main_exits_nonzero_and_names_the_failed_claim(monkeypatch, tmp_path, ca
 def test_bad_flags_are_one_line_before_anything_runs():
     for flags, message in ((["--seeds", "0"], "--seeds: invalid value 0 (see --help)"),  # would check nothing
                            (["--c", "1"], "--c: invalid value 1.0 (see --help)"),
-                           (["--eta-scale", "2"], "--eta-scale: invalid value 2.0 (see --help)")):
-        with pytest.raises(UsageError) as error:
+                           (["--eta-scale", "2"], "--eta-scale: invalid value 2.0 (see --help)"),
+                           (["--out", ""], "--out: empty; expected a directory")):
+        with pytest.raises(INPUT_ERRORS) as error:
             toy_pareto.main(flags)
         assert str(error.value) == message

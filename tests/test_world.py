@@ -355,7 +355,8 @@ def test_the_build_commands_bad_flags_are_one_line_before_anything_runs():
     for flags, message in ((["build", "--steps", "0"], "--steps: invalid value 0 (see --help)"),
                            (["stats", "--temperature", "0"],
                             "--temperature: expected a finite number >= 0.0001, got 0.0"),
-                           (["stats", "--out-model", "./no/model"], "--out-model: ./no/model: no such directory")):
+                           (["stats", "--out-model", "./no/model"], "--out-model: ./no/model: no such directory"),
+                           (["build", "--out-data", ""], "--out-data: empty; expected a directory")):
         with pytest.raises(command_line.INPUT_ERRORS) as error:
             world_build.main(flags)
         assert str(error.value) == message
