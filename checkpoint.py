@@ -9,6 +9,7 @@ A run directory (--out) holds one run and nothing of another:
         policy/         the policy in Hugging Face format (safetensors; LoRA: the adapters), loadable on its own
         trainer.pt      step, scheduler, RNG states, the data stream's position, the open logging window
     policy/, summary.json   when the run has finished
+    .lock               held by the process writing here, so that two runs never write into one directory at once
 Every checkpoint is written under a temporary name and renamed when complete (a rename is atomic), so a crash, a
 kill or a full disk never leaves a half-written checkpoint under a real name; the last `keep` are kept.
 Resuming loads the latest complete checkpoint into a freshly built model and optimizer, replays the data stream to
@@ -132,21 +133,35 @@ def left_behind(config):
     return f"the last checkpoint, {kept[-1]}, is intact; run {again} to continue from it"
 
 
-def start_run(config, resumed):
-    """Rank 0, just before the first step: clear what an earlier run left (--overwrite: inputs are all checked by
-    now, so a bad flag never costs the old run), and write run.json."""
+@contextmanager
+def running(config, resumed):
+    """From just before the first step to the end of the run, on rank 0: hold --out's lock, so that a second run
+    started into it meanwhile stops with one line instead of removing or mixing this one's files; clear what an
+    earlier run left (--overwrite: inputs are all checked by now, so a bad flag never costs the old run); write
+    run.json."""
     out = config["out"]
     if not _rank0():
+        yield
         return
     os.makedirs(out, exist_ok=True)
-    if not resumed:
-        for name in RUN_FILES:
-            path = os.path.join(out, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    write_json(os.path.join(out, "run.json"), config)
+    with open(os.path.join(out, ".lock"), "w") as lock:  # closing it releases the lock, however the run ends
+        try:
+            import fcntl
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not a POSIX system: no lock
+            pass
+        except BlockingIOError:
+            raise RunError(f"--out: another run is writing to {out} right now; let it finish or pick another "
+                           "--out") from None
+        if not resumed:
+            for name in RUN_FILES:
+                path = os.path.join(out, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+        write_json(os.path.join(out, "run.json"), config)
+        yield
 
 
 def strict_json(value):

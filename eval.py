@@ -29,7 +29,7 @@ import world
 from checkpoint import check_writable, write_json
 from command_line import OneLineParser, UsageError, check_sampling, run_command
 from metrics import mean_se
-from policy import check_model_path, eval_mode, evaluate_samples, load_model, pick_device
+from policy import check_model_path, eval_mode, evaluate_samples, load_model, load_tokenizer, pick_device
 from preference_data import load_pairs
 
 
@@ -133,7 +133,9 @@ def read_summary(run):
 
 def evaluate_checkpoint(args):
     summary = read_summary(args.checkpoint)
-    out = args.out or os.path.join(args.checkpoint, "eval.json")
+    out = os.path.join(args.checkpoint, "eval.json") if args.out is None else args.out
+    if not out:
+        raise UsageError("--out: empty; expected the path of a .json file")
     if os.path.isdir(out):
         raise UsageError(f"--out: {out} is a directory; expected the path of a .json file")
     inside = os.path.relpath(os.path.realpath(out), os.path.realpath(args.checkpoint))
@@ -149,8 +151,9 @@ def evaluate_checkpoint(args):
     # the names the samples' scores already use: a reward model may not silently replace one
     taken = {"samples", "kl", *(world.SCORES if on_world else ["tokens"])}
     reward_paths = parse_reward_models(args.reward_models, taken)  # checked before anything loads
-    tokenizer, policy = load_model(os.path.join(args.checkpoint, "policy"), device, "--checkpoint")
-    pairs, _ = load_pairs(source, args.data_format, names, tokenizer, args.split, args.pairs)
+    tokenizer = load_tokenizer(os.path.join(args.checkpoint, "policy"), "--checkpoint")
+    pairs, _ = load_pairs(source, args.data_format, names, tokenizer, args.split, args.pairs)  # before the weights
+    policy = load_model(os.path.join(args.checkpoint, "policy"), device, "--checkpoint", tokenizer=tokenizer)[1]
     reference = load_model(args.reference or cfg.model, device, "--reference")[1]
     if reference.get_input_embeddings().num_embeddings != policy.get_input_embeddings().num_embeddings:
         raise UsageError(f"--reference: {args.reference or cfg.model} has a vocabulary of "

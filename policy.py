@@ -45,19 +45,32 @@ def check_model_path(name, flag):
                          "the weights with tokenizer.save_pretrained")
 
 
-def load_model(name, device, flag="--model", head=None):
-    """Tokenizer and model (a causal LM; head: another Auto class) from a local directory or a hub id, with float32
-    master weights; one clear line, naming `flag`, when it cannot be used: a missing part, a corrupt weights file,
-    or weights that do not fit the config (which from_pretrained would fill with random values, or drop, and carry
-    on), or a vocabulary the tokenizer overflows."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
+def load_tokenizer(name, flag="--model"):
+    """The tokenizer of a local model directory or a hub id (cheap: the data can be checked with it before the
+    weights load), with padding set; one line naming `flag` when it cannot be used."""
+    from transformers import AutoTokenizer
     check_model_path(name, flag)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{flag}: could not load {name!r}: {first_line(error)}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name, device, flag="--model", head=None, tokenizer=None):
+    """Tokenizer (unless given, from load_tokenizer) and model (a causal LM; head: another Auto class) from a local
+    directory or a hub id, with float32 master weights; one clear line, naming `flag`, when it cannot be used: a
+    missing part, a corrupt weights file, or weights that do not fit the config (which from_pretrained would fill
+    with random values, or drop, and carry on), or a vocabulary the tokenizer overflows."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+    tokenizer = tokenizer or load_tokenizer(name, flag)
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its page-long load report: what it finds wrong is said below
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
         # float32 master weights whatever the checkpoint holds (transformers 5 loads a bf16 hub model as bf16)
         model, info = (head or AutoModelForCausalLM).from_pretrained(name, dtype=torch.float32,
                                                                    output_loading_info=True,
@@ -76,8 +89,6 @@ def load_model(name, device, flag="--model", head=None):
     if len(tokenizer) > rows:
         raise ModelError(f"{flag}: {name}: its tokenizer has {len(tokenizer)} tokens but its embedding only {rows} "
                          "rows; they belong to different models")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.to(device)
 
 

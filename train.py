@@ -36,7 +36,7 @@ import world
 from cagrad import METHODS
 from checkpoint import RunError
 from command_line import SEED_LIMIT, OneLineParser, TrainingError, UsageError, run_command
-from policy import add_lora, eval_mode, load_model, pick_device, shard, transformer_blocks
+from policy import add_lora, eval_mode, load_model, load_tokenizer, pick_device, shard, transformer_blocks
 from preference_data import DataError, first_line, load_pairs
 from raco import MultiObjectiveBackward
 
@@ -260,11 +260,12 @@ def main(cfg):
     main_process = rank == 0
     torch.manual_seed(cfg.seed)
 
-    tokenizer, policy = load_model(cfg.model, device)
+    tokenizer = load_tokenizer(cfg.model)  # the data is checked before the weights load
     pairs, names = load_training_pairs(cfg, tokenizer, main_process)
     weights = parse_weights(cfg.weights, len(names))
     if len(pairs) < cfg.batch_size * world_size:
         raise UsageError(f"--data: {len(pairs)} pairs, fewer than one batch of {cfg.batch_size * world_size}")
+    policy = load_model(cfg.model, device, tokenizer=tokenizer)[1]
     if cfg.gram_layers > len(transformer_blocks(policy)):
         raise UsageError(f"--gram-layers: {cfg.gram_layers}, but the model has {len(transformer_blocks(policy))} "
                          "transformer blocks")
@@ -310,18 +311,19 @@ def main(cfg):
         state = dict(step=0, window={}, final={}, bad_steps=0, skipped=0,
                      before=world_evaluation(policy, tokenizer, cfg, weights, names, pairs) if evaluate else None)
     try:
-        checkpoint.start_run(dataclasses.asdict(cfg), resume_from is not None)
-        train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, weights, optimizer, scheduler,
-                    backward, stream, device, distributed, main_process, resume_from)
-        after = world_evaluation(policy, tokenizer, cfg, weights, names, pairs,
-                                 reference or load_model(cfg.model, device)[1]) if evaluate else None
-        policy_dir = os.path.join(cfg.out, "policy")
-        checkpoint.save_policy(policy, tokenizer, policy_dir, "merge" if cfg.lora_r > 0 else None)
-        summary = {"config": dataclasses.asdict(cfg), "objectives": names, "weights": weights,
-                   "final": state["final"], "skipped_steps": state["skipped"], "resumed_from": resume_from,
-                   "eval": {"reference": state["before"], "policy": after}, "seconds": round(time.time() - started, 1)}
-        if main_process:
-            checkpoint.write_json(os.path.join(cfg.out, "summary.json"), summary)
+        with checkpoint.running(dataclasses.asdict(cfg), resume_from is not None):
+            train_steps(cfg, state, policy, reference, tokenizer, pairs, cached, names, weights, optimizer, scheduler,
+                        backward, stream, device, distributed, main_process, resume_from)
+            after = world_evaluation(policy, tokenizer, cfg, weights, names, pairs,
+                                     reference or load_model(cfg.model, device)[1]) if evaluate else None
+            policy_dir = os.path.join(cfg.out, "policy")
+            checkpoint.save_policy(policy, tokenizer, policy_dir, "merge" if cfg.lora_r > 0 else None)
+            summary = {"config": dataclasses.asdict(cfg), "objectives": names, "weights": weights,
+                       "final": state["final"], "skipped_steps": state["skipped"], "resumed_from": resume_from,
+                       "eval": {"reference": state["before"], "policy": after},
+                       "seconds": round(time.time() - started, 1)}
+            if main_process:
+                checkpoint.write_json(os.path.join(cfg.out, "summary.json"), summary)
     except OSError as error:  # a full disk, a lost mount: one line, and the last complete checkpoint stays
         raise TrainingError(f"could not write to {cfg.out}: {error.strerror or error}") from None
     if distributed:

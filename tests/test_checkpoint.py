@@ -282,3 +282,17 @@ def test_the_write_probe_leaves_nothing_and_json_is_written_whole_and_strict(tmp
     checkpoint.write_json(str(target / "eval.json"), {"accuracy": float("nan"), "se": [1.5, float("inf")]})
     assert json.loads((target / "eval.json").read_text()) == {"accuracy": None, "se": [1.5, None]}
     assert os.listdir(target) == ["eval.json"]  # no temporary file left
+
+
+def test_a_run_started_into_an_out_another_is_writing_stops_and_leaves_it_alone(tiny_model_dir, tiny_pairs,
+                                                                                 tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2")))
+    before = sorted(os.listdir(out))
+    with open(out / ".lock", "w") as held:  # as the first run's process holds it while it trains
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(checkpoint.RunError) as error:
+            train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--overwrite")))
+    assert str(error.value) == f"--out: another run is writing to {out} right now; let it finish or pick another --out"
+    assert sorted(os.listdir(out)) == before and (out / "summary.json").exists()  # nothing removed

@@ -140,6 +140,7 @@ def test_bad_checkpoint_inputs_name_the_flag(tiny_model_dir, tiny_pairs, reward_
               f"--reference: {other_vocabulary} has a vocabulary of 60 tokens, the policy one of 49: it is not the "
               "model the policy came from"),
              (["--out", str(tmp_path)], f"--out: {tmp_path} is a directory; expected the path of a .json file"),
+             (["--out", ""], "--out: empty; expected the path of a .json file"),
              (["--out", str(run / "summary.json")], f"--out: {run / 'summary.json'} is one of the run's own files; "
                                                     "name another"),
              (["--out", str(run / "policy" / "config.json")],

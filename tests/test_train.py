@@ -68,14 +68,17 @@ UP_FRONT = [
     (["--seed", str(2 ** 63)], f"--seed: invalid value {2 ** 63} (see --help)"),
     (["--resume"], "--resume: {out} holds no run to resume"),
 ]
-# Checked once the model and the data are loaded, before any training.
-AFTER_LOADING = [
+# Checked with the tokenizer and the data, before the weights load.
+BEFORE_THE_WEIGHTS = [
     (["--weights", "0.2,0.3,0.5"], "--weights: got 3 weights for 2 objectives"),
     (["--objectives", "good,kind"], "{pairs}: unknown objective 'kind'; available: good, short"),
     (["--model", "./no/such/model"], "--model: ./no/such/model: no such directory"),
     (["--data", "missing.jsonl"], "missing.jsonl: no such file or directory"),
-    (["--gram-layers", "2", "--batch-size", "4"], "--gram-layers: 2, but the model has 1 transformer blocks"),
     (["--batch-size", "16"], "--data: 8 pairs, fewer than one batch of 16"),
+]
+# Checked once the model is loaded, before any training.
+AFTER_LOADING = [
+    (["--gram-layers", "2", "--batch-size", "4"], "--gram-layers: 2, but the model has 1 transformer blocks"),
 ]
 
 
@@ -99,6 +102,12 @@ def check_one_line(flags, message, tiny_model_dir, tiny_pairs, tmp_path):
 
 @pytest.mark.parametrize("flags,message", UP_FRONT)
 def test_bad_flags_are_one_clear_line_before_anything_loads(flags, message, tiny_model_dir, tiny_pairs, tmp_path,
+                                                            failing_load):
+    check_one_line(flags, message, tiny_model_dir, tiny_pairs, tmp_path)
+
+
+@pytest.mark.parametrize("flags,message", BEFORE_THE_WEIGHTS)
+def test_bad_data_is_one_clear_line_before_the_weights_load(flags, message, tiny_model_dir, tiny_pairs, tmp_path,
                                                             failing_load):
     check_one_line(flags, message, tiny_model_dir, tiny_pairs, tmp_path)
 
