@@ -26,7 +26,7 @@ import torch
 
 import dpo
 from cagrad import coefficients
-from command_line import OneLineParser, UsageError, run_command
+from command_line import OneLineParser, check_positive, run_command
 from policy import load_model, pick_device
 from preference_data import load_pairs
 from raco import MultiObjectiveBackward
@@ -248,8 +248,7 @@ def main():
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a child process measuring one method's peak
     parser.add_argument("--gram-layers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rounds < 1:
-        raise UsageError(f"--rounds: expected a positive integer, got {args.rounds}")
+    check_positive(args, ("rounds",))
     device = pick_device(args.device)
     if args.memory_of:
         model, batch, _ = bench_model(device)

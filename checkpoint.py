@@ -81,6 +81,15 @@ def checkpoints(out):
     return [os.path.join(root, n) for n in names]
 
 
+def _recorded_config(out):
+    """The config in out/run.json, or None when there is none or it cannot be read."""
+    try:
+        with open(os.path.join(out, "run.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def _comparable(config):
     return {k: v for k, v in config.items() if k not in RESUME_NEUTRAL}
 
@@ -98,11 +107,7 @@ def open_run(config, resume, overwrite):
             raise RunError(f"--resume: {out} holds no run to resume" if not found else
                            "--resume and --overwrite contradict each other: pick one")
         return None
-    try:
-        with open(os.path.join(out, "run.json")) as f:
-            previous = json.load(f)
-    except (OSError, ValueError):
-        previous = None
+    previous = _recorded_config(out)
     same = previous is not None and _comparable(previous) == _comparable(config)
     if same and latest is not None:
         return latest  # --resume, or the same command rerun after an interruption: continue where it stopped
@@ -121,12 +126,8 @@ def open_run(config, resume, overwrite):
 
 def left_behind(config):
     """What an interrupt outside the training loop (loading, evaluating, saving) leaves of this run, in words."""
-    try:
-        with open(os.path.join(config["out"], "run.json")) as f:
-            ours = _comparable(json.load(f)) == _comparable(config)
-    except (OSError, ValueError):
-        ours = False
-    kept = checkpoints(config["out"]) if ours else []
+    recorded = _recorded_config(config["out"])
+    kept = checkpoints(config["out"]) if recorded is not None and _comparable(recorded) == _comparable(config) else []
     if not kept:
         return "no checkpoint of this run was saved"
     again = "the same command without --overwrite" if config["overwrite"] else "the same command again"

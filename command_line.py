@@ -38,6 +38,22 @@ def check_sampling(temperature, seeds, seed_flag="--seed"):
             raise UsageError(f"{seed_flag}: expected integers in [0, 2**63), got {seed}")
 
 
+def check_flags(values, checks):
+    """checks: (attribute, holds) pairs over an argparse namespace or a config; the first that fails is one line
+    naming its flag and value."""
+    for name, holds in checks:
+        if not holds:
+            raise UsageError(f"--{name.replace('_', '-')}: invalid value {getattr(values, name)!r} (see --help)")
+
+
+def check_positive(values, names):
+    """Integer flags that must be at least 1 (None: not given, a default applies later)."""
+    for name in names:
+        value = getattr(values, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):  # argparse would print its usage block as well: bad input is one line here
         raise UsageError(message)

@@ -27,7 +27,7 @@ import dpo
 import train
 import world
 from checkpoint import check_writable, write_json
-from command_line import OneLineParser, UsageError, check_sampling, run_command
+from command_line import OneLineParser, UsageError, check_positive, check_sampling, run_command
 from metrics import mean_se
 from policy import check_model_path, eval_mode, evaluate_samples, load_model, load_tokenizer, pick_device
 from preference_data import load_pairs
@@ -213,9 +213,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--out", help="eval.json path (default: in the checkpoint)")
     args = p.parse_args(argv)
-    for name in ("pairs", "prompts", "samples", "batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    check_positive(args, ("pairs", "prompts", "samples", "batch_size", "max_new_tokens"))
     check_sampling(args.temperature, [args.seed])
     return args
 

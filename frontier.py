@@ -206,4 +206,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_command(main, interrupted=lambda: "finished runs are kept and reused when the same command runs again")
+    run_command(main, interrupted=pareto.left_behind)

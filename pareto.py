@@ -30,7 +30,7 @@ import torch
 import train
 import world
 from checkpoint import check_writable, write_json
-from command_line import OneLineParser, UsageError, check_sampling, run_command
+from command_line import OneLineParser, UsageError, check_positive, check_sampling, run_command
 from eval import pair_metrics
 from metrics import (fraction_dominated, front_gain_2d, front_hypervolume_2d, hypervolume_2d, hypervolume_3d,
                      mean_std, spearman)
@@ -412,9 +412,7 @@ def add_arguments(p):
 
 
 def check_arguments(args):
-    for name in ("pairs", "prompts", "samples", "steps", "batch_size", "max_new_tokens", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    check_positive(args, ("pairs", "prompts", "samples", "steps", "batch_size", "max_new_tokens", "threads"))
     check_sampling(args.temperature, [])
     check_writable(args.out)
     return args
@@ -433,5 +431,10 @@ def main(argv=None):
     return run_pareto(parse_args(argv))
 
 
+def left_behind():
+    """What an interrupted sweep leaves (frontier.py's too)."""
+    return "finished runs are kept and reused when the same command runs again"
+
+
 if __name__ == "__main__":
-    run_command(main, interrupted=lambda: "finished runs are kept and reused when the same command runs again")
+    run_command(main, interrupted=left_behind)

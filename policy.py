@@ -67,7 +67,7 @@ def load_model(name, device, flag="--model", head=None, tokenizer=None):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
-    tokenizer = tokenizer or load_tokenizer(name, flag)
+    tokenizer = load_tokenizer(name, flag) if tokenizer is None else tokenizer
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its page-long load report: what it finds wrong is said below
     try:

@@ -20,7 +20,7 @@ import torch
 
 from cagrad import METHODS, coefficients
 from checkpoint import check_writable
-from command_line import OneLineParser, UsageError, run_command
+from command_line import OneLineParser, check_flags, run_command
 
 Claim = namedtuple("Claim", "name passed detail")
 DESCENT_METHODS = ("lw", "cagrad", "raco")  # the three that target theta_w*; MGDA and PCGrad do not
@@ -405,10 +405,9 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.3, help="toy: Adam's peak learning rate (cosine decay to 0)")
     parser.add_argument("--beta2", type=float, default=0.9, help="toy: Adam's second-moment decay (see run_cagrad_toy)")
     args = parser.parse_args(argv)
-    for flag, ok in (("c", 0 <= args.c < 1), ("eta_scale", 0 < args.eta_scale <= 1), ("seeds", args.seeds > 0),
-                     ("steps", args.steps > 0), ("lr", 0 < args.lr < math.inf), ("beta2", 0 <= args.beta2 < 1)):
-        if not ok:  # (--seeds 0 would check nothing and pass)
-            raise UsageError(f"--{flag.replace('_', '-')}: invalid value {getattr(args, flag)!r} (see --help)")
+    check_flags(args, [("c", 0 <= args.c < 1), ("eta_scale", 0 < args.eta_scale <= 1),
+                       ("seeds", args.seeds > 0),  # --seeds 0 would check nothing and pass
+                       ("steps", args.steps > 0), ("lr", 0 < args.lr < math.inf), ("beta2", 0 <= args.beta2 < 1)])
     check_writable(args.out)
     started = time.time()
     Path(args.out).mkdir(parents=True, exist_ok=True)

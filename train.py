@@ -35,7 +35,7 @@ import dpo
 import world
 from cagrad import METHODS
 from checkpoint import RunError
-from command_line import SEED_LIMIT, OneLineParser, TrainingError, UsageError, run_command
+from command_line import SEED_LIMIT, OneLineParser, TrainingError, UsageError, check_flags, run_command
 from policy import add_lora, eval_mode, load_model, load_tokenizer, pick_device, shard, transformer_blocks
 from preference_data import DataError, first_line, load_pairs
 from raco import MultiObjectiveBackward
@@ -121,20 +121,17 @@ def check_config(cfg):
         raise UsageError(f"--c: expected a value in [0, 1), got {cfg.c}")
     parse_weights(cfg.weights)
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    checks = [("beta", 0 < cfg.beta < math.inf), ("lr", 0 < cfg.lr < math.inf), ("steps", cfg.steps > 0),
-              ("batch-size", cfg.batch_size > 0), ("grad-accum", cfg.grad_accum > 0), ("lora-r", cfg.lora_r >= 0),
-              ("max-prompt-length", 0 < cfg.max_prompt_length < cfg.max_length),
-              ("warmup", 0 <= cfg.warmup < 1), ("weight-decay", 0 <= cfg.weight_decay < math.inf),
-              ("max-grad-norm", 0 <= cfg.max_grad_norm < math.inf), ("eval-prompts", cfg.eval_prompts >= 0),
-              ("log-every", cfg.log_every > 0), ("save-every", cfg.save_every >= 0),
-              ("keep-checkpoints", cfg.keep_checkpoints > 0), ("max-bad-steps", cfg.max_bad_steps > 0),
-              ("solve-per", cfg.solve_per in ("step", "micro_batch")), ("gram-layers", cfg.gram_layers >= 0),
-              ("dtype", cfg.dtype in ("float32", "bfloat16")), ("fsdp", torchrun or not cfg.fsdp),
-              ("seed", 0 <= cfg.seed < SEED_LIMIT)]
-    for name, ok in checks:
-        if not ok:
-            hint = "launch with torchrun" if name == "fsdp" else "see --help"
-            raise UsageError(f"--{name}: invalid value {getattr(cfg, name.replace('-', '_'))!r} ({hint})")
+    check_flags(cfg, [("beta", 0 < cfg.beta < math.inf), ("lr", 0 < cfg.lr < math.inf), ("steps", cfg.steps > 0),
+                      ("batch_size", cfg.batch_size > 0), ("grad_accum", cfg.grad_accum > 0),
+                      ("lora_r", cfg.lora_r >= 0), ("max_prompt_length", 0 < cfg.max_prompt_length < cfg.max_length),
+                      ("warmup", 0 <= cfg.warmup < 1), ("weight_decay", 0 <= cfg.weight_decay < math.inf),
+                      ("max_grad_norm", 0 <= cfg.max_grad_norm < math.inf), ("eval_prompts", cfg.eval_prompts >= 0),
+                      ("log_every", cfg.log_every > 0), ("save_every", cfg.save_every >= 0),
+                      ("keep_checkpoints", cfg.keep_checkpoints > 0), ("max_bad_steps", cfg.max_bad_steps > 0),
+                      ("solve_per", cfg.solve_per in ("step", "micro_batch")), ("gram_layers", cfg.gram_layers >= 0),
+                      ("dtype", cfg.dtype in ("float32", "bfloat16")), ("seed", 0 <= cfg.seed < SEED_LIMIT)])
+    if cfg.fsdp and not torchrun:
+        raise UsageError("--fsdp: invalid value True (launch with torchrun)")
     if cfg.fsdp and (cfg.lora_r > 0 or cfg.gram_layers > 0):
         raise UsageError("--fsdp: not with --lora-r or --gram-layers (LoRA's adapters need no sharding)")
     if cfg.gram_layers > 0 and cfg.grad_accum > 1 and cfg.solve_per == "step":

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from checkpoint import check_writable
-from command_line import OneLineParser, UsageError, check_sampling, run_command
+from command_line import OneLineParser, check_flags, check_sampling, run_command
 from metrics import pearson
 from policy import load_model, sample
 from world import (ATTRIBUTES, ENTITIES, INTENSIFIER, OBJECTIVES, PREFIXES, USUAL, eval_prompts, make_prompts,
@@ -235,10 +235,9 @@ def main(argv=None):
     parser.add_argument("--label-temperature", type=float, default=0.05, help="Bradley-Terry label noise")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (stats)")
     args = parser.parse_args(argv)
-    for flag, ok in (("steps", args.steps > 0), ("train_pairs", args.train_pairs > 0),
-                     ("eval_pairs", args.eval_pairs > 0), ("label_temperature", 0 < args.label_temperature < math.inf)):
-        if not ok:
-            raise UsageError(f"--{flag.replace('_', '-')}: invalid value {getattr(args, flag)!r} (see --help)")
+    check_flags(args, [("steps", args.steps > 0), ("train_pairs", args.train_pairs > 0),
+                       ("eval_pairs", args.eval_pairs > 0),
+                       ("label_temperature", 0 < args.label_temperature < math.inf)])
     check_sampling(args.temperature, [args.seed])
     if args.command == "build":  # both outputs checked now, not after minutes of pretraining
         check_writable(args.out_model, "--out-model")
