@@ -1,7 +1,7 @@
 """Score against KL on the embedded world: each method's frontier, and who is ahead at matched KL.
 
     python frontier.py              # 6 methods x 4 learning rates x 3 weights x 3 seeds, scored 5 times per run
-    python frontier.py --quick      # lw, cagrad, raco; 3 learning rates; one weight; one seed (~2 min)
+    python frontier.py --quick      # lw, cagrad, raco; 3 learning rates; one weight; one seed (~80 s)
 
 CAGrad's and RACO's step is d = g0 + c ||g0|| G~/||G~||, longer than DPO-LW's g0, so at one learning rate they move
 further from the reference, and scores at unequal KL(pi || pi_ref) do not compare methods. The DPO paper's answer
