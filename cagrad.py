@@ -14,10 +14,14 @@ RACO's step (Algorithm 1, "CAGrad-Clip"; `raco_direction` is its lines 3-7 in or
 On the Gram matrix, with b = H w (b_i = <g_i, g0>) and s = c sqrt(w^T H w):
     Phi(p) = b^T p + s sqrt(p^T H p)     and     a = w + s p~ / sqrt(p~^T H p~).
 The solution is invariant to H -> k H (k > 0), so H is divided by its trace before solving: the same answer comes
-out for gradients of norm 1e-15 (typical of LLM losses) and 1e15 (the authors' solver, which compares coefficients
-with an absolute 1e-12, silently falls back to a vertex for small gradients). For the same reason no threshold
-below is absolute: gradient norms 1e6 apart within one H are ordinary too. The dual is solved exactly for any m:
-in closed form for m = 2, by Wolfe's active-set method on the faces of the simplex beyond (`solve_dual`).
+out for gradients of norm 1e-15 (typical of LLM losses) and 1e15 (a solver that compares coefficients with an
+absolute 1e-12, as the authors' does, silently falls back to a vertex for small gradients). For the same reason no
+threshold below is absolute: gradient norms 1e6 apart within one H are ordinary too. The dual is solved exactly for
+any m: in closed form for m = 2 (`solve_dual_two`), by Wolfe's active-set method beyond (dual_solver.py).
+
+The file reads in the order of Algorithm 1 (arXiv 2602.02495; docs/method.md derives every step): the dual in
+closed form, the clip, `raco_direction` (lines 3-7), then the baselines, then `coefficients`, which every caller
+uses: it checks its input, picks the method and adds the diagnostics that train.py logs.
 """
 
 import math
@@ -25,17 +29,9 @@ import math
 import numpy as np
 import torch
 
-METHODS = ("lw", "cagrad", "raco", "mgda", "pcgrad")
+from dual_solver import ROUNDING, wolfe_active_set
 
-# Every threshold here is relative, none absolute: per-objective gradient norms 1e6 apart are ordinary in LLM
-# training, and a gradient 1e-6 of the largest is small, not zero. A squared norm ||sum_i x_i g_i||^2 read off the
-# Gram matrix carries a rounding error of about m * 1e-16 * (sum_i |x_i| ||g_i||)^2; below _ROUNDING times that
-# scale the combination has cancelled to zero for all that H can tell (exact zeros and what rounding makes of them).
-_ROUNDING = 1e-13
-# The general solver works on the gradients' coordinates (_coordinates), where rounding is ~1e-16 of the norms
-# involved, not of their squares: a combination shorter than _TOLERANCE times sum_i |x_i| ||g_i|| is zero, and Phi
-# is compared with itself to _TOLERANCE times the size of its terms, |b|^T p + s sum_i p_i ||g_i||.
-_TOLERANCE = 1e-12
+METHODS = ("lw", "cagrad", "raco", "mgda", "pcgrad")
 
 
 def phi(H, b, s, p):
@@ -43,20 +39,15 @@ def phi(H, b, s, p):
     return float(b @ p + s * math.sqrt(max(float(p @ H @ p), 0.0)))
 
 
-def clip_to_weights(p, w):
-    """Step 5 of Algorithm 1: p~ = min(p, w) elementwise, deliberately *not* renormalised (sum p~ <= 1)."""
-    return np.minimum(p, w)
-
-
 def _length(H, x):
     """||sum_i x_i g_i|| from the Gram matrix, and exactly 0 where the combination cancels down to rounding noise."""
     squared = float(x @ H @ x)
     scale = float(np.abs(x) @ np.sqrt(np.clip(np.diag(H), 0.0, None))) ** 2
-    return math.sqrt(squared) if squared > _ROUNDING * scale else 0.0
+    return math.sqrt(squared) if squared > ROUNDING * scale else 0.0
 
 
 def solve_dual_two(H, b, s):
-    """Closed-form argmin of Phi over the 2-simplex, p = (lam, 1 - lam) (SPEC section 2).
+    """Closed-form argmin of Phi over the 2-simplex, p = (lam, 1 - lam) (docs/method.md derives it).
 
     Q(lam) = q2 lam^2 + q1 lam + q0 = ||G_p||^2 and h(lam) = b_2 + delta lam + s sqrt(Q(lam)). Setting h' = 0 and
     squaring gives a quadratic in lam; its real roots in [0, 1], the endpoints, and the argmin of Q (where h is not
@@ -93,193 +84,9 @@ def solve_dual_two(H, b, s):
     return np.array([lam, 1.0 - lam])
 
 
-def _coordinates(H):
-    """Coordinates X (m, r) of the gradients in an orthonormal basis of their span, X X^T = H: a Cholesky
-    factorisation, with pivoting, of the cosine matrix, scaled back by the norms.
-
-    The general solver works on these vectors rather than on H, which keeps it exact to rounding: a face's geometry
-    then comes from differences of coordinates, not from H_jj - 2 H_jf + H_ff, where a gradient 1e-8 of the others
-    is lost to rounding (normal equations against QR). Factoring cosines makes each gradient's coordinates accurate
-    relative to its own norm, and a direction whose residual is rounding noise (duplicated, antiparallel or dependent
-    gradients) gets no coordinate, so those degeneracies come out exact.
-    """
-    norms = np.sqrt(np.clip(np.diag(H), 0.0, None))
-    live = np.flatnonzero(norms > 0.0)
-    cosines = H[np.ix_(live, live)] / np.outer(norms[live], norms[live])
-    L = np.zeros((len(live), len(live)))
-    residual = np.ones(len(live))  # 1 - the squared cosines explained by the columns so far
-    rank = 0
-    while rank < len(live) and residual.max() > _ROUNDING:
-        i = int(np.argmax(residual))
-        L[:, rank] = (cosines[:, i] - L[:, :rank] @ L[i, :rank]) / math.sqrt(residual[i])
-        residual -= L[:, rank] ** 2
-        rank += 1
-    X = np.zeros((len(H), rank))
-    X[live] = norms[live, None] * L[:, :rank]
-    return X
-
-
-def _value(X, b, s, p):
-    """Phi(p) from the coordinates: b^T p + s ||p^T X||."""
-    return float(b @ p + s * np.linalg.norm(p @ X))
-
-
-def _terms_size(X, b, s, p):
-    """The size of Phi's terms at p, |b|^T p + s sum_i p_i ||g_i||: the scale its rounding errors are relative to."""
-    return float(np.abs(b) @ p + s * np.linalg.norm(X, axis=1) @ p)
-
-
-def _affine_frame(X, face):
-    """Coordinates on the affine hull of a face (a sorted list of indices): p = e_f + Z y, where f is the face's
-    shortest gradient and Z's columns are e_j - e_f for the others, so that G_p = x_f + D^T y, D's rows x_j - x_f.
-
-    Returns (f, Z, frame, null). frame = (U, sigma, V, lengths), the SVD of D's rows scaled to unit length,
-    D^T = U diag(sigma) V^T diag(lengths), when the differences are linearly independent; else None, with a
-    direction null of Z along which G_p does not move. Independence is judged on the scaled rows, i.e. relative to
-    each difference's own length: with gradient norms 1e6 apart, any absolute threshold is wrong for some.
-    Putting the origin at the shortest gradient keeps the y small near it, where they keep their relative precision.
-    """
-    norms = np.linalg.norm(X, axis=1)
-    first = min(face, key=lambda i: norms[i])
-    rest = [i for i in face if i != first]
-    Z = np.zeros((len(X), len(rest)))
-    Z[first, :] = -1.0
-    Z[rest, range(len(rest))] = 1.0
-    D = X[rest] - X[first]
-    lengths = np.linalg.norm(D, axis=1)
-    duplicated = lengths <= _TOLERANCE * (norms[rest] + norms[first])
-    if duplicated.any():
-        return first, Z, None, Z[:, np.argmax(duplicated)]
-    U, sigma, Vt = np.linalg.svd((D / lengths[:, None]).T)
-    if len(sigma) < len(rest) or (len(rest) and sigma[-1] <= _TOLERANCE):
-        return first, Z, None, Z @ (Vt[-1] / lengths)
-    return first, Z, (U[:, :len(rest)], sigma, Vt.T, lengths), None
-
-
-def _face_minimiser(X, b, s, face):
-    """Where Phi goes on the affine hull of a face: (its minimiser, None), or (None, a direction within the hull
-    along which Phi never increases). s > 0.
-
-    In the frame p = e_f + Z y, ||G_p||^2 = q(y) = y^T M y + 2 k^T y + k0 (M = D D^T) and Phi = b_f + v^T y +
-    s sqrt(q(y)), v = Z^T b. Completing the square, q = (y - y_q)^T M (y - y_q) + q_min, and Phi' = 0 gives the single
-    point y = y_q - (r / s) M^-1 v with r^2 (1 - alpha / s^2) = q_min, alpha = v^T M^-1 v. Where q_min = 0 (0 lies in
-    the hull, e.g. antiparallel gradients) it is the kink y_q, where G_p = 0. If alpha >= s^2 there is no minimiser:
-    Phi falls (or levels off) forever along -M^-1 v, a convex function whose slope at infinity is <= 0. If the
-    differences are dependent, Phi is constant along the null direction: G_p does not move, nor does b^T p = w^T H p.
-    """
-    first, Z, frame, null = _affine_frame(X, face)
-    if frame is None:
-        return None, null
-    U, sigma, V, lengths = frame
-    t = V.T @ (Z.T @ b / lengths) / sigma  # the projection of g0 onto the face's directions, in the basis U
-    M_inv_v = V @ (t / sigma) / lengths
-    if t @ t >= s * s:  # alpha = t^T t
-        return None, -Z @ M_inv_v
-    x_f = X[first]
-    y_q = -V @ (U.T @ x_f / sigma) / lengths
-    q_min = np.linalg.norm(x_f - U @ (U.T @ x_f)) ** 2
-    r = math.sqrt(q_min / (1.0 - (t @ t) / (s * s)))
-    return np.eye(len(X))[first] + Z @ (y_q - (r / s) * M_inv_v), None
-
-
-def _descend(X, b, s, p, support):
-    """From p on the face `support`, the minimiser of Phi over that face: Wolfe's minor cycle (as in his min-norm
-    point algorithm). Go to the minimiser on the face's affine hull if it lies inside the face; else move towards it
-    (or along the direction of decrease, or of constancy) until a coordinate reaches 0, drop that vertex, repeat.
-    Phi never increases: it is convex, and the target is no worse than p."""
-    while len(support) > 1:
-        target, direction = _face_minimiser(X, b, s, support)
-        if target is not None and target[support].min() > 0.0:
-            return target, support
-        if target is not None:
-            direction = target - p
-        shrinking = np.flatnonzero(direction < 0.0)  # not empty: the direction sums to 0, or the target has p_i <= 0
-        steps = -p[shrinking] / direction[shrinking]
-        p = np.maximum(p + steps.min() * direction, 0.0)
-        p[shrinking[np.argmin(steps)]] = 0.0
-        support = [i for i in support if p[i] > 0.0]
-    return p / p.sum(), support
-
-
-def _leave_kink(X, b, s, p, support):
-    """At a kink, where the support's gradients cancel (G_p = 0, so Phi(p) = b^T p = w^T H p = 0): None if p is
-    optimal, else a point where Phi < 0, from which descent never comes back to a kink.
-
-    Phi is not differentiable here, so the gradient cannot tell. By duality p is optimal iff some direction
-    d = g0 + s u, ||u|| <= 1, has <g_i, d> >= 0 for every i. On the support the cancellation forces d to be orthogonal
-    to V = span of the support's g_i, which uses ||P_V g0||^2 = alpha of the radius s^2. What is left is the same
-    problem for the other objectives, projected onto V's complement: gradients P g_j, b'_j = <P g_j, g0>, radius
-    s' = sqrt(s^2 - alpha) > 0 (the kink was the hull's minimiser). Its value is >= 0 iff p is optimal. If it is
-    negative at p', with x' = sum_j p'_j P g_j, then x = x' - (||x'|| / s') P_V g0 has <x, g0> + s ||x|| = Phi'(p') < 0
-    as well, and x is a point of the cone of the g_i: the support's g_i span V and cancel with positive weights,
-    so any part in V is a non-negative combination of them.
-    """
-    others = [i for i in range(len(X)) if i not in support]
-    if not others:
-        return None
-    _, Z, (U, sigma, V, lengths), _ = _affine_frame(X, support)  # 0 is in the hull, so U spans V
-    t = V.T @ (Z.T @ b / lengths) / sigma  # P_V g0 in the basis U
-    X_reduced = X[others] - (X[others] @ U) @ U.T
-    b_reduced = b[others] - (X[others] @ U) @ t
-    in_V = np.linalg.norm(X_reduced, axis=1) <= _TOLERANCE * np.linalg.norm(X[others], axis=1)  # up to rounding
-    X_reduced[in_V], b_reduced[in_V] = 0.0, 0.0
-    s_reduced = math.sqrt(s * s - t @ t)  # the same alpha as _face_minimiser's, which found it below s^2
-    p_reduced = _solve_active_set(X_reduced, b_reduced, s_reduced)
-    escape = np.zeros(len(X))
-    escape[others] = p_reduced
-    if _value(X_reduced, b_reduced, s_reduced, p_reduced) >= -_TOLERANCE * _terms_size(X, b, s, escape):
-        return None
-    # the support's weights nu put the part of x in V at -(||x'|| / s') P_V g0 - P_V sum_j p'_j g_j (in the basis U);
-    # adding a multiple of the cancelling weights p makes them non-negative without moving x
-    target = -(np.linalg.norm(p_reduced @ X_reduced) / s_reduced) * t - U.T @ (p_reduced @ X[others])
-    nu = Z @ (V @ (target / sigma) / lengths)
-    escape += nu + max(0.0, max(-nu[i] / p[i] for i in support)) * p
-    return escape / escape.sum()
-
-
-def _solve_active_set(X, b, s):
-    """argmin_simplex Phi for gradients with coordinates X (m, r), s > 0: Wolfe's active-set method, exact like the
-    enumeration of all 2^m - 1 faces but only visiting the faces on a path of decrease.
-
-    Start at the best vertex. At the minimiser of Phi over the current face, Phi's gradient
-    grad = b + s H p / ||G_p|| is constant on the support (= grad^T p = Phi(p), Phi being 1-homogeneous); if no
-    vertex has a smaller gradient, the Frank-Wolfe gap Phi(p) - min_i grad_i, an upper bound on Phi(p) - Phi*, is
-    zero and p is optimal. Otherwise add the vertex with the smallest gradient (it lies outside the face's affine
-    hull, so the face stays non-degenerate) and descend on the larger face. Phi falls strictly at every step and
-    each step ends at the face minimiser of its support, so no support comes back and the method stops, in
-    practice after about one step per vertex of the final support. The kink G_p = 0 is handled by _leave_kink.
-    """
-    norms = np.linalg.norm(X, axis=1)
-    start = int(np.argmin(b + s * norms))
-    p, support, value = np.eye(len(X))[start], [start], float(b[start] + s * norms[start])
-    seen = {(start,)}
-    while True:
-        x = p @ X
-        length = np.linalg.norm(x)
-        if length <= _TOLERANCE * (norms @ p):  # G_p = 0 up to rounding
-            escape = _leave_kink(X, b, s, p, support)
-            if escape is None:
-                return p
-            candidate, candidate_support = escape, [int(i) for i in np.flatnonzero(escape)]
-        else:
-            grad = b + s * (X @ x) / length
-            j = int(np.argmin(grad))
-            if grad[j] >= value - _TOLERANCE * _terms_size(X, b, s, p) or j in support:  # j in it: noise
-                return p
-            candidate, candidate_support = p, sorted(support + [j])
-        candidate, candidate_support = _descend(X, b, s, candidate, candidate_support)
-        # In exact arithmetic Phi falls at every step, if only by a hair (a huge gradient enters with a tiny weight),
-        # so no support comes back; in floating point, a rise or a support seen before is rounding noise: stop.
-        candidate_value = _value(X, b, s, candidate)
-        if candidate_value > value or tuple(candidate_support) in seen:
-            return p
-        seen.add(tuple(candidate_support))
-        p, support, value = candidate, candidate_support, candidate_value
-
-
 def solve_dual(H, b, s):
     """argmin_{p in simplex} b^T p + s sqrt(p^T H p) for any m, with b = H w for some w (so that Phi = 0 wherever
-    G_p = 0). m = 2: closed form. s = 0: Phi is linear, a vertex. Else the exact active-set method, on coordinates."""
+    G_p = 0). m = 2: closed form. s = 0: Phi is linear, a vertex. Else Wolfe's exact active-set method."""
     m = len(H)
     if m == 1:
         return np.ones(1)
@@ -287,40 +94,12 @@ def solve_dual(H, b, s):
         return solve_dual_two(H, b, s)
     if s == 0.0:
         return np.eye(m)[np.argmin(b)]
-    return _solve_active_set(_coordinates(H), b, s)
+    return wolfe_active_set(H, b, s)
 
 
-def _pcgrad(H, w):
-    """PCGrad (Yu et al. 2020) as coefficients: g_i^PC = g_i minus its projections onto the g_j it conflicts with.
-
-    Each projection subtracts a multiple of some g_j, so g_i^PC = sum_k C[i, k] g_k and every inner product
-    <g_i^PC, g_j> = C[i] . H[:, j] comes from the Gram matrix. The original shuffles the order of j per step; we
-    use the fixed cyclic order i+1, i+2, ... so a step is reproducible. User weights scale the *projected*
-    gradients, d = sum_i w_i g_i^PC: with no conflict this is exactly DPO-LW.
-    """
-    m = len(H)
-    C = np.eye(m)
-    for i in range(m):
-        for j in [(i + k) % m for k in range(1, m)]:
-            inner = C[i] @ H[:, j]
-            if inner < 0.0 and H[j, j] > 0.0:  # only an exactly zero g_j is skipped: a tiny one still conflicts
-                C[i, j] -= inner / H[j, j]
-    return w @ C
-
-
-def _cosines(H):
-    norms = np.sqrt(np.clip(np.diag(H), 0.0, None))
-    outer = np.outer(norms, norms)
-    return np.divide(H, outer, out=np.zeros_like(H), where=outer > 0)
-
-
-def _cos(H, x, y):
-    """cos(G x, G y) from the Gram matrix; 0 where either vector is zero.
-
-    Clamped to [-1, 1]: when G x nearly cancels (||g0|| below ~1e-7 of the ||g_i||), x^T H x is a difference of
-    large numbers and the ratio is rounding noise that can leave the interval."""
-    denominator = math.sqrt(max(x @ H @ x, 0.0) * max(y @ H @ y, 0.0))
-    return min(max(float(x @ H @ y / denominator), -1.0), 1.0) if denominator > 0 else 0.0
+def clip_to_weights(p, w):
+    """Step 5 of Algorithm 1: p~ = min(p, w) elementwise, deliberately *not* renormalised (sum p~ <= 1)."""
+    return np.minimum(p, w)
 
 
 def raco_direction(H, w, c, clip=True):
@@ -340,6 +119,49 @@ def raco_direction(H, w, c, clip=True):
     if s == 0.0 or norm_tilde == 0.0:                        # line 7 when ||g0|| = 0, c = 0 or G~ = 0: d = g0
         return w.copy(), p, p_tilde
     return w + s * p_tilde / norm_tilde, p, p_tilde          # line 7: d = g0 + c ||g0|| G~ / ||G~||
+
+
+# ----------------------------------------------------------------------------- the baselines
+
+def _pcgrad(H, w):
+    """PCGrad (Yu et al. 2020) as coefficients: g_i^PC = g_i minus its projections onto the g_j it conflicts with.
+
+    Each projection subtracts a multiple of some g_j, so g_i^PC = sum_k C[i, k] g_k and every inner product
+    <g_i^PC, g_j> = C[i] . H[:, j] comes from the Gram matrix. The original shuffles the order of j per step; we
+    use the fixed cyclic order i+1, i+2, ... so a step is reproducible. User weights scale the *projected*
+    gradients, d = sum_i w_i g_i^PC: with no conflict this is exactly DPO-LW.
+    """
+    m = len(H)
+    C = np.eye(m)
+    for i in range(m):
+        for j in [(i + k) % m for k in range(1, m)]:
+            inner = C[i] @ H[:, j]
+            if inner < 0.0 and H[j, j] > 0.0:  # only an exactly zero g_j is skipped: a tiny one still conflicts
+                C[i, j] -= inner / H[j, j]
+    return w @ C
+
+
+def _mgda(H):
+    """MGDA (Sener & Koltun 2018): the min-norm point of the convex hull of the g_i, i.e. the dual with b = 0, s = 1;
+    uniform where every gradient is zero. It ignores the weights on purpose."""
+    return solve_dual(H, np.zeros(len(H)), 1.0) if np.trace(H) > 0 else np.full(len(H), 1.0 / len(H))
+
+
+# ----------------------------------------------------------------------------- the one entry point, and diagnostics
+
+def _cosines(H):
+    norms = np.sqrt(np.clip(np.diag(H), 0.0, None))
+    outer = np.outer(norms, norms)
+    return np.divide(H, outer, out=np.zeros_like(H), where=outer > 0)
+
+
+def _cos(H, x, y):
+    """cos(G x, G y) from the Gram matrix; 0 where either vector is zero.
+
+    Clamped to [-1, 1]: when G x nearly cancels (||g0|| below ~1e-7 of the ||g_i||), x^T H x is a difference of
+    large numbers and the ratio is rounding noise that can leave the interval."""
+    denominator = math.sqrt(max(x @ H @ x, 0.0) * max(y @ H @ y, 0.0))
+    return min(max(float(x @ H @ y / denominator), -1.0), 1.0) if denominator > 0 else 0.0
 
 
 def coefficients(H, w, method="raco", c=0.4):
@@ -388,7 +210,7 @@ def coefficients(H, w, method="raco", c=0.4):
     if method == "pcgrad":
         a = _pcgrad(Hn, w)
     elif method == "mgda":
-        info["p"] = solve_dual(Hn, np.zeros(m), 1.0) if trace > 0 else np.full(m, 1.0 / m)
+        info["p"] = _mgda(Hn)
         a = info["p"].copy()
     elif method in ("cagrad", "raco"):
         a, info["p"], p_tilde = raco_direction(Hn, w, c, clip=method == "raco")
