@@ -6,11 +6,11 @@
 
 For a policy pi and its reference pi_ref:
 - held-out pairs: per objective, the implicit-reward accuracy and margin, r(y) = beta (log pi(y|x) - log pi_ref(y|x))
-  (SPEC section 1). It needs no judge, so it works on any data set.
+  (dpo.py). It needs no judge, so it works on any data set.
 - sampled responses (temperature 0.6, as in the paper): each objective's score -- exact on the embedded world,
   a reward model's scalar logit on real data -- the well-formed rate, the length, and KL(pi || pi_ref).
 Standard errors treat *prompts* as the independent units (a prompt's samples are averaged first).
-The Pareto sweep over methods, weights and seeds, which evaluates every run this way, is pareto.py.
+The Pareto sweep over methods, weights and seeds, which evaluates every run this way, is experiments/pareto.py.
 """
 import dataclasses
 import functools
@@ -26,11 +26,14 @@ from tqdm import tqdm
 import dpo
 import train
 import world
-from checkpoint import check_writable, write_json
-from command_line import OneLineParser, UsageError, check_positive, check_sampling, run_command
-from metrics import mean_se
-from policy import check_model_path, eval_mode, evaluate_samples, load_model, load_tokenizer, pick_device
-from preference_data import load_pairs
+from harness.batches import pair_logps
+from harness.checks import check_config
+from harness.command_line import OneLineParser, UsageError, check_positive, check_sampling, run_command
+from harness.metrics import mean_se
+from harness.models import check_model_path, eval_mode, load_model, load_tokenizer, pick_device
+from harness.preference_data import load_pairs
+from harness.run_directory import check_writable, write_json
+from harness.sampling import evaluate_samples
 
 
 def parse_reward_models(spec, taken=()):
@@ -83,7 +86,8 @@ def pair_metrics(policy, reference, tokenizer, pairs, names, cfg, device, batch_
         for start in tqdm(range(0, len(pairs), batch_size), desc="pairs", leave=False, dynamic_ncols=True):
             batch = pairs[start:start + batch_size]
             logps.append([x.float().cpu() for model in (policy, reference)
-                          for x in train.pair_logps(model, tokenizer, batch, cfg, device)[:2]])
+                          for x in pair_logps(model, tokenizer, batch, cfg.max_length, cfg.max_prompt_length, device,
+                                                   cfg.dtype == "bfloat16")[:2]])
     policy_a, policy_b, ref_a, ref_b = (torch.cat(x) for x in zip(*logps))
     signs = torch.tensor([p.signs for p in pairs], dtype=torch.float32)
     metrics = dpo.dpo_metrics(policy_a, policy_b, ref_a, ref_b, signs, cfg.beta, names)
@@ -125,7 +129,7 @@ def read_summary(run):
             raise UsageError(f"--checkpoint: {path}: config.{key}: expected {kind.__name__}, got {value!r}")
     summary["config"] = train.Config(**{k: v for k, v in summary["config"].items() if k in fields})
     try:  # the values too (the device it trained on need not be this machine's)
-        train.check_config(dataclasses.replace(summary["config"], device="cpu", fsdp=False))
+        check_config(dataclasses.replace(summary["config"], device="cpu", fsdp=False))
     except UsageError as error:
         raise UsageError(f"--checkpoint: {path}: config: {error}") from None
     return summary

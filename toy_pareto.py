@@ -1,8 +1,9 @@
 """The theory of RACO made visible and checked, on problems small enough to know the answer exactly.
 
-Thm 3.1 and 3.2 step by step on convex quadratics (check_quadratics, SPEC section 3), the worked example of SPEC
-section 2, and the CAGrad paper's two-objective toy (run_cagrad_toy, SPEC section 6), whose figures show MGDA and
-PCGrad landing on *some* Pareto point while LW, CAGrad and RACO land on the one the weights ask for.
+Thm 3.1 and 3.2 of arXiv 2602.02495 step by step on convex quadratics (check_quadratics), a worked example of
+Algorithm 1 (docs/method.md works it by hand), and the CAGrad paper's two-objective toy (run_cagrad_toy; Liu et al.
+2021), whose figures show MGDA and PCGrad landing on *some* Pareto point while LW, CAGrad and RACO land on the one
+the weights ask for.
 
     python toy_pareto.py [--out out/toy] [--quick]  # tables; PNGs to --out; exit 1 naming every failed claim
 """
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 
 from cagrad import METHODS, coefficients
-from checkpoint import check_writable
-from command_line import OneLineParser, check_flags, run_command
+from harness.command_line import OneLineParser, check_flags, run_command
+from harness.run_directory import check_writable
 
 Claim = namedtuple("Claim", "name passed detail")
 DESCENT_METHODS = ("lw", "cagrad", "raco")  # the three that target theta_w*; MGDA and PCGrad do not
@@ -159,7 +160,7 @@ def check_quadratics(dims=(2, 50, 100), seeds=range(10), c=0.4, eta_scale=0.5, m
     return dict(rows=rows, claims=claims, traces=traces)
 
 
-# 2. The worked example of SPEC section 2.
+# 2. The worked example (docs/method.md, "How toy_pareto.py checks these").
 
 def worked_example():
     """g1 = (1, -4), g2 = (-1, 1), w = (0.2, 0.8), c = 0.5, L_w = 3, eta = 0.1 through cagrad.coefficients; lam_grid,
@@ -177,7 +178,7 @@ def worked_example():
 
 def check_worked_example(values):
     expected = dict(lam=(0.356145, 6), rho=(0.3458, 4), rho_clipped=(0.9433, 4), gamma=(0.9335, 4),
-                    gamma_clipped=(1.1427, 4))  # value, decimals printed in SPEC
+                    gamma_clipped=(1.1427, 4))  # value, decimals printed in docs/method.md
     lam, lam_grid = values["lam"], values["lam_grid"]
     return [Claim("worked example: closed-form lam* agrees with a 1e-6 grid search", abs(lam - lam_grid) <= 1e-6,
                   f"{lam:.7f} vs {lam_grid:.6f}")] + [
@@ -186,7 +187,7 @@ def check_worked_example(values):
         for key, (value, decimals) in expected.items()]
 
 
-# 3. The classic two-objective toy (CAGrad paper, SPEC section 6).
+# 3. The classic two-objective toy (the CAGrad paper, Liu et al. 2021).
 
 STARTS = ((-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0))
 WEIGHTS = ((0.2, 0.8), (0.5, 0.5), (0.8, 0.2))
@@ -219,8 +220,8 @@ def pareto_set(x1):
     """The exact Pareto-critical points below the plane, x1: (k,) in [-7, 7] -> (k, 2) numpy. There c1 = 0 and
     df1/dx1 = c2 (x1 - 7)/5, df2/dx1 = c2 (x1 + 7)/5, so only p = ((x1 + 7)/14, (7 - x1)/14) cancels the x1-gradients;
     x2 is where that mixture's x2-gradient vanishes as well (one sign change on [-9, -7.8], found by bisection). It
-    bends from x2 = -8.355 at x1 = 0 to -8.434 at x1 = +-7: SPEC's segment is its x1 = 0 level. The weighted optimum
-    for w is the point with p = w, i.e. x1 = 7 (w1 - w2)."""
+    bends from x2 = -8.355 at x1 = 0 to -8.434 at x1 = +-7: the segment x2 = -8.3552 usually quoted for this toy is
+    its x1 = 0 level. The weighted optimum for w is the point with p = w, i.e. x1 = 7 (w1 - w2)."""
     x1 = torch.as_tensor(x1, dtype=torch.float64)
     p1 = (x1 + 7) / 14
 
@@ -417,7 +418,7 @@ def main(argv=None):
           " iterations to L_w - L_w* <= 1e-10 x initial")
     print_table(quad["rows"])
     example = worked_example()
-    print("\n== 2. Worked example (SPEC section 2): g1 = (1, -4), g2 = (-1, 1), w = (0.2, 0.8), c = 0.5, L eta = 0.3")
+    print("\n== 2. Worked example (docs/method.md): g1 = (1, -4), g2 = (-1, 1), w = (0.2, 0.8), c = 0.5, L eta = 0.3")
     print("  " + "  ".join(f"{k} = {v:.6f}" for k, v in example.items()))
     steps = min(args.steps, 500) if args.quick else args.steps
     toy = run_cagrad_toy(steps=steps, lr=args.lr, beta2=args.beta2, c=args.c)

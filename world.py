@@ -2,8 +2,9 @@
 The embedded multi-objective world: a tiny summarisation task whose objectives are scored exactly by code, and
 its exact Pareto front (the best trade-off any policy can reach).
 
-It mirrors the paper's Reddit TL;DR setting (SPEC §5): summary quality vs conciseness (m = 2), plus faithfulness
-(m = 3). Here the "reward models" are exact rules, so every metric can be checked by hand.
+It mirrors the paper's Reddit TL;DR setting (arXiv 2602.02495, its summarisation experiments): summary quality vs
+conciseness (m = 2), plus faithfulness (m = 3). Here the "reward models" are exact rules, so every metric can be
+checked by hand.
 
 The task. A prompt lists 3-5 facts about distinct animals and asks for a summary:
     facts: the cat is happy . the dog is slow . the owl is old . summary:
@@ -30,15 +31,15 @@ nothing" would be maximally concise and vacuously faithful, and a conciseness-he
 to emit EOS at once. `well_formed` is reported as its own metric so that any collapse towards junk stays visible.
 `exact_front` gives the best trade-off any policy can reach: each prompt's best responses are known, so it is exact.
 
-The reference model and the preference pairs are built from this task by world_build.py.
+The reference model and the preference pairs are built from this task by experiments/world_build.py.
 """
 import math
 import os
 import random
 import zlib
 
-from metrics import front_gain_2d, pareto_front
-from policy import evaluate_samples
+from harness.metrics import front_gain_2d, pareto_front
+from harness.sampling import evaluate_samples
 
 OBJECTIVES = ("quality", "conciseness", "faithfulness")
 SCORES = OBJECTIVES + ("well_formed", "words")  # what score() returns for a response

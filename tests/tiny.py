@@ -1,6 +1,7 @@
 """The tests' tiny builders: a word-level tokenizer, a Llama of a few thousand parameters, and the embedded world in
 miniature. Built here, in the hub's file format, without a hub."""
 import json
+import os
 import random
 
 import torch
@@ -8,7 +9,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import world
-import world_build
+from experiments import world_build
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: commands run from here
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]  # ids 0, 1, 2, 3
 WORDS = SPECIALS + ("hello world good bad short long answer question the cat dog sat ran on a mat fast slow yes no "
@@ -59,3 +62,40 @@ def write_tiny_world(root):
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"model": str(root / "world-tiny"), "train": str(root / "world_train.jsonl"),
             "eval": str(root / "world_eval.jsonl")}
+
+
+# Two objectives on a tiny float64 Llama that pull the same logits different ways: raco.py's and harness/scale.py's
+# tests check the direction in .grad against these, computed independently.
+
+def conflicting_model(seed=0):
+    # no pad token: nn.Embedding zeroes the gradient of the padding row, which finite differences would see
+    return tiny_llama(seed, vocab_size=40, num_hidden_layers=2, pad_token_id=None).double()
+
+
+def token_batch(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 40, (3, 10), generator=generator)
+
+
+def conflicting_losses(model, input_ids):
+    """Two objectives that pull the same logits different ways: predict the next token, or token 7 everywhere."""
+    logits = model(input_ids=input_ids).logits[:, :-1]
+    next_token = torch.nn.functional.cross_entropy(logits.reshape(-1, 40), input_ids[:, 1:].reshape(-1))
+    always_seven = -logits.log_softmax(-1)[..., 7].mean()
+    return torch.stack([next_token, always_seven])
+
+
+def flat_gradients(model, input_ids):
+    """Independent reference: one backward per loss, every gradient flattened into one vector: (m, n)."""
+    rows = []
+    for i in range(2):
+        model.zero_grad()
+        conflicting_losses(model, input_ids)[i].backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    model.zero_grad()
+    return torch.stack(rows)
+
+
+def grad_vector(model):
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+

@@ -62,8 +62,8 @@ def _face_stationary_point(H, b, s, face):
 def exact_minimum(H, b, s):
     """(Phi*, p*) by enumerating every face of the simplex (vertices, edges, ..., the interior: Phi is convex, so
     the face holding the minimiser yields it as a stationary point), in 40-digit decimal arithmetic on the exact
-    values of the float64 H, b, s. Independent of the solvers under test, and exact where float64 is not: with gradient norms
-    1e12 apart the entries of H span 1e24. 2^m faces: 0.3 s at m = 11."""
+    values of the float64 H, b, s. Independent of the solvers under test, and exact where float64 is not: with
+    gradient norms 1e12 apart the entries of H span 1e24. 2^m faces: 0.3 s at m = 11."""
     with localcontext() as context:
         context.prec = 40
         m = len(H)

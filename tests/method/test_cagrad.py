@@ -240,7 +240,7 @@ def test_any_float_dtype_is_accepted():
 
 
 def test_when_the_clip_matters_diagnostics_against_the_vectors():
-    G = np.array([[1.0, -4.0], [-1.0, 1.0]])  # SPEC's worked example: interior dual (0.356, 0.644), w = (0.2, 0.8)
+    G = np.array([[1.0, -4.0], [-1.0, 1.0]])  # the worked example: interior dual (0.356, 0.644), w = (0.2, 0.8)
     a, info = coefficients(G @ G.T, [0.2, 0.8], "raco", c=0.5)
     a_cagrad, cagrad_info = coefficients(G @ G.T, [0.2, 0.8], "cagrad", c=0.5)
     d, d_cagrad = a.numpy() @ G, a_cagrad.numpy() @ G

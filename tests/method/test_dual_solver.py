@@ -66,7 +66,8 @@ def test_solver_leaves_a_kink_that_is_not_optimal(monkeypatch):
     b, s = H @ w, 0.9 * math.sqrt(w @ H @ w)
     kinks = []
     leave_kink = dual_solver._leave_kink
-    monkeypatch.setattr(dual_solver, "_leave_kink", lambda *args: kinks.append((args[4], leave_kink(*args))) or kinks[-1][1])
+    monkeypatch.setattr(dual_solver, "_leave_kink",
+                        lambda *args: kinks.append((args[4], leave_kink(*args))) or kinks[-1][1])
     p = solve_dual(H, b, s)
     assert len(kinks) == 1 and kinks[0][0] == [1, 2]
     assert phi(H, b, s, kinks[0][1]) < 0.0  # the escape

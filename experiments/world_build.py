@@ -11,24 +11,30 @@ with prompt-ids = tokenizer(prompt)["input_ids"] (its post-processor prepends <b
 The tokenizer is word level and splits on whitespace, so this equals tokenizing prompt + " " + response: the
 boundary is exact and no token straddles it. Decoding joins words with single spaces.
 
-    python world_build.py build     # tokenizer + model in models/world-tiny/, pairs in data/ (~2.5 minutes on 2 CPUs)
-    python world_build.py stats     # score fresh samples of the shipped model on held-out prompts
+    python experiments/world_build.py build  # tokenizer and model in models/world-tiny/, pairs in data/ (~2.5 min)
+    python experiments/world_build.py stats  # score fresh samples of the shipped model on held-out prompts
 """
 import argparse
 import json
 import math
 import os
 import random
+import sys
 import time
 
 import torch
+
+if __package__ in (None, ""):  # run as a script, python experiments/world_build.py: the project's modules are one up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from checkpoint import check_writable
-from command_line import OneLineParser, check_flags, check_sampling, run_command
-from metrics import pearson
-from policy import load_model, sample
+from harness.command_line import OneLineParser, check_flags, check_sampling, run_command
+from harness.metrics import pearson
+from harness.models import load_model
+from harness.run_directory import check_writable
+from harness.sampling import sample
 from world import (ATTRIBUTES, ENTITIES, INTENSIFIER, OBJECTIVES, PREFIXES, USUAL, eval_prompts, make_prompts,
                    parse_prompt, preference_labels, score)
 

@@ -1,11 +1,11 @@
 """The Pareto sweep on the embedded world: every method over a range of weights and seeds, trained, sampled and
 scored exactly, and compared as fronts, against the world's exact front.
 
-    python pareto.py                 # 6 methods x 5 weights x 3 seeds, quality vs conciseness (2-core CPU: ~20 min)
-    python pareto.py --quick         # the same in miniature (about a minute)
-    python pareto.py --objectives quality,conciseness,faithfulness --out out/pareto3       # three objectives
-    python pareto.py --methods lw,cagrad,raco --micro-batch 2 --grad-accum 8 --solve-per micro_batch --beta 0.2 \
-        --out out/pareto-authors     # the authors' regime: the dual solved on every 2-pair micro-batch
+    python experiments/pareto.py            # 6 methods x 5 weights x 3 seeds, quality vs conciseness (2 CPUs: ~20 min)
+    python experiments/pareto.py --quick    # the same in miniature (about a minute)
+    python experiments/pareto.py --objectives quality,conciseness,faithfulness --out out/pareto3  # three objectives
+    python experiments/pareto.py --methods lw,cagrad,raco --micro-batch 2 --grad-accum 8 --solve-per micro_batch \
+        --beta 0.2 --out out/pareto-authors     # the authors' regime: the dual solved on every 2-pair micro-batch
 
 Each run is a train.py run; each trained policy is evaluated as eval.py evaluates a checkpoint (exact scores of
 samples at temperature 0.6, KL to the reference, held-out pair accuracy). Per method it reports: the hypervolume
@@ -21,27 +21,33 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+if __package__ in (None, ""):  # run as a script, python experiments/pareto.py: the project's modules are one up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import train
 import world
-from checkpoint import check_writable, write_json
-from command_line import OneLineParser, UsageError, check_positive, check_sampling, run_command
 from eval import pair_metrics
-from metrics import (fraction_dominated, front_gain_2d, front_hypervolume_2d, hypervolume_2d, hypervolume_3d,
-                     mean_std, spearman)
-from policy import evaluate_samples, load_model, pick_device
-from preference_data import load_pairs
+from harness.checks import TRAIN_METHODS, check_config
+from harness.command_line import OneLineParser, UsageError, check_positive, check_sampling, run_command
+from harness.metrics import (fraction_dominated, front_gain_2d, front_hypervolume_2d, hypervolume_2d, hypervolume_3d,
+                             mean_std, spearman)
+from harness.models import load_model, pick_device
+from harness.preference_data import load_pairs
+from harness.run_directory import check_writable, write_json
+from harness.sampling import evaluate_samples
 
 # The three-objective design: each objective leading once, each pair leading once, and the centre.
 THREE = "0.6:0.2:0.2,0.2:0.6:0.2,0.2:0.2:0.6,0.4:0.4:0.2,0.4:0.2:0.4,0.2:0.4:0.4,0.3333:0.3333:0.3334"
-QUICK = dict(methods=",".join(train.TRAIN_METHODS), sweep="0.1,0.5,0.9", seeds="0", steps=20, prompts=32,
+QUICK = dict(methods=",".join(TRAIN_METHODS), sweep="0.1,0.5,0.9", seeds="0", steps=20, prompts=32,
              samples=2, pairs=128)
-FULL = dict(methods=",".join(train.TRAIN_METHODS), sweep="0.1,0.3,0.5,0.7,0.9", seeds="0,1,2",
+FULL = dict(methods=",".join(TRAIN_METHODS), sweep="0.1,0.3,0.5,0.7,0.9", seeds="0,1,2",
             steps=100, prompts=64, samples=4, pairs=256)
 CLIP_KEYS = ("interior", "clip_changed", "cos_cagrad")  # RACO's (and CAGrad's interior) per-step diagnostics
 
@@ -134,8 +140,8 @@ def prepare(args, quick=QUICK, full=FULL, minimum=2):
     for key, value in (quick if args.quick else full).items():
         setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     methods = [m for m in args.methods.split(",") if m]
-    if not methods or any(m not in train.TRAIN_METHODS for m in methods):
-        raise UsageError(f"--methods: expected some of {', '.join(train.TRAIN_METHODS)}, got {args.methods!r}")
+    if not methods or any(m not in TRAIN_METHODS for m in methods):
+        raise UsageError(f"--methods: expected some of {', '.join(TRAIN_METHODS)}, got {args.methods!r}")
     names = args.objectives.split(",")
     if len(set(names)) != len(names) or not set(names) <= set(world.OBJECTIVES) or len(names) not in (2, 3):
         raise UsageError(f"--objectives: expected two or three of {', '.join(world.OBJECTIVES)}, got "
@@ -154,8 +160,9 @@ def prepare(args, quick=QUICK, full=FULL, minimum=2):
     for path, found in ((args.model, os.path.isdir(args.model)), (args.data, os.path.isfile(args.data)),
                         (eval_data, os.path.isfile(eval_data))):
         if not found:
-            raise UsageError(f"{path}: not found; the sweep runs on the embedded world (python world_build.py build)")
-    train.check_config(train_config(args, names, out=args.out))
+            raise UsageError(f"{path}: not found; the sweep runs on the embedded world "
+                             "(python experiments/world_build.py build)")
+    check_config(train_config(args, names, out=args.out))
     inputs = [args.data, eval_data] + [os.path.join(args.model, f) for f in os.listdir(args.model)]
     device = pick_device(args.device)
     if device.type == "cpu":  # the world's model is tiny: a second thread saves little, and on a busy machine

@@ -1,19 +1,15 @@
-"""The causal LM being aligned, outside the training step: load it, pick its device, add LoRA, sample from it, and
-score its samples (their log-probs, mean scores with errors, KL to the reference).
+"""The causal LM being aligned, outside the training step: its device, loading it (checked), LoRA, FSDP2 sharding.
 
-train.py, eval.py, pareto.py and world.py all go through here, so a policy is always loaded with float32 master
-weights and sampled from the same prompt tokens that training conditions it on (dpo.prompt_ids).
+train.py, eval.py, the sweeps and the world build all load through here, so a policy always has float32 master
+weights and every problem with a model directory is one line naming the flag.
 """
 import os
 import warnings
 from contextlib import contextmanager
 
 import torch
-from tqdm import tqdm
 
-import dpo
-from metrics import kl_estimate, mean_se
-from preference_data import first_line
+from harness.preference_data import first_line
 
 
 class ModelError(ValueError):
@@ -105,6 +101,14 @@ def add_lora(model, rank, alpha):
         return peft.get_peft_model(model, config)
 
 
+
+def enable_gradient_checkpointing(model):
+    """Non-reentrant activation checkpointing: the graph is walked once per objective, which the reentrant kind
+    does not allow. transformers 5 renamed the method; 4.x has only the old name."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+
+
 def transformer_blocks(model):
     """The model's repeated blocks (LlamaDecoderLayer, Qwen3DecoderLayer, ...), in order: the classes a Hugging Face
     model names in _no_split_modules, found anywhere inside it (also under a peft wrapper)."""
@@ -132,85 +136,3 @@ def eval_mode(*models):
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
-
-
-@torch.no_grad()
-def sample(model, tokenizer, prompts, num_samples, temperature, max_new_tokens=64, seed=0, batch_size=32,
-           max_prompt_length=192):
-    """num_samples responses per prompt, generated for batches of left-padded prompts (so every row continues from
-    its own last prompt token), each prompt tokenized as training tokenizes it. Returns (texts, batches): texts[i]
-    lists prompt i's responses, cut at the first EOS; each batch holds input_ids, attention_mask and completion_mask
-    (N, T), the last marking the sampled tokens up to and including the first EOS, for sampled_logps.
-    Deterministic in seed; the global RNG and the model's mode are left as found."""
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts, batches = [], []
-    with torch.random.fork_rng(devices=[]), eval_mode(model):
-        torch.manual_seed(seed)
-        for start in tqdm(range(0, len(prompts), batch_size), desc="sampling", leave=False, dynamic_ncols=True):
-            rows = [dpo.truncate_prompt(ids, max_prompt_length, tokenizer.bos_token_id)
-                    for ids in dpo.prompt_ids(tokenizer, prompts[start:start + batch_size])]
-            width = max(len(r) for r in rows)
-            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-            attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-            # top_k=0, top_p=1: sample the model's own distribution, whatever its generation_config suggests
-            out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=temperature,
-                                 top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            new = out[:, width:]
-            is_eos = (new == tokenizer.eos_token_id).long()
-            keep = (is_eos.cumsum(-1) - is_eos) == 0  # every token up to and including the first EOS
-            prompt_mask = attention.repeat_interleave(num_samples, dim=0)
-            batches.append({"input_ids": out, "attention_mask": torch.cat([prompt_mask, keep.long()], 1),
-                            "completion_mask": torch.cat([torch.zeros_like(prompt_mask), keep.long()], 1)})
-            decoded = [tokenizer.decode(ids[k & (e == 0)], skip_special_tokens=True).strip()
-                       for ids, k, e in zip(new, keep, is_eos)]
-            texts += [decoded[i:i + num_samples] for i in range(0, len(decoded), num_samples)]
-    return texts, batches
-
-
-@torch.no_grad()
-def sampled_logps(model, batches, rows_per_forward=32):
-    """log pi(y|x) of the sampled token ids (re-tokenized text need not give the same ids): a list of N floats.
-    Position ids skip the left padding, as generate's do, so each row is scored as it was sampled. A few rows per
-    forward: the (rows, T, vocabulary) logits of a real model are the memory peak."""
-    out = []
-    with eval_mode(model):
-        for b in batches:
-            for i in range(0, len(b["input_ids"]), rows_per_forward):
-                ids, mask, completion = (b[k][i:i + rows_per_forward] for k in ("input_ids", "attention_mask",
-                                                                                 "completion_mask"))
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-                out += dpo.sequence_logps(logits, ids, completion)[0].tolist()
-    return out
-
-
-def evaluate_samples(policy, tokenizer, prompts, score=None, batch_scores=None, num_samples=4, temperature=0.6,
-                     seed=0, reference=None, max_new_tokens=64, batch_size=32, max_prompt_length=192):
-    """Mean and standard error ("<key>_se") of every score over num_samples responses per prompt, and, given a
-    reference, KL(policy || reference). Returns (scores, a few scored examples).
-
-    score(prompt, response) -> dict of numbers (the world's exact scorer), or None to report the length in tokens;
-    batch_scores: {name: f(prompts, responses) -> list of floats} (reward models), added to each row.
-    """
-    texts, batches = sample(policy, tokenizer, prompts, num_samples, temperature, max_new_tokens, seed, batch_size,
-                            max_prompt_length)
-    flat_prompts, flat = [p for p in prompts for _ in range(num_samples)], [r for rs in texts for r in rs]
-    if score is not None:
-        rows = [score(p, r) for p, r in zip(flat_prompts, flat)]
-    else:
-        rows = [{"tokens": int(m.sum())} for b in batches for m in b["completion_mask"]]
-    for name, scorer in (batch_scores or {}).items():
-        for row, s in zip(rows, scorer(flat_prompts, flat)):
-            row[name] = s
-    scores = {"samples": len(flat)}
-    for key in rows[0]:
-        scores[key], scores[key + "_se"] = mean_se([row[key] for row in rows], num_samples)
-    if reference is not None:  # KL is an expectation under pi itself: draw temperature-1 samples for it
-        if temperature != 1.0:
-            _, batches = sample(policy, tokenizer, prompts, num_samples, 1.0, max_new_tokens, seed + 1, batch_size,
-                                max_prompt_length)
-        scores["kl"], scores["kl_se"] = kl_estimate(sampled_logps(policy, batches, batch_size),
-                                                    sampled_logps(reference, batches, batch_size), num_samples)
-    return scores, [{"prompt": p, "response": r, **row} for p, r, row in list(zip(flat_prompts, flat, rows))[:6]]

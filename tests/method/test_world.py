@@ -9,12 +9,12 @@ import random
 import pytest
 import torch
 
-import command_line
 import world
-import world_build
-from metrics import front_gain_2d, front_hypervolume_2d, pareto_front, pearson
+from experiments import world_build
+from harness import command_line
+from harness.metrics import front_gain_2d, front_hypervolume_2d, pareto_front, pearson
+from tiny import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(ROOT, "models", "world-tiny")
 DATA_DIR = os.path.join(ROOT, "data")
 

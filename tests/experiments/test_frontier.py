@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-import frontier
+from experiments import frontier
 
 NAMES = ["quality", "conciseness"]
 W = (0.5, 0.5)

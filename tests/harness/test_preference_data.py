@@ -7,7 +7,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from preference_data import DataError, Pair, load_pairs, render_prompt
+from harness.preference_data import DataError, Pair, load_pairs, render_prompt
 
 
 def write_jsonl(path, rows):

@@ -1,7 +1,7 @@
 """Benchmarks, each printed as measurements side by side from one run (these machines are noisy).
 
-    python bench.py                  # everything this machine can run (CPU: a few minutes)
-    python bench.py --only step      # one part: solver | step | subset | logps
+    python experiments/bench.py                  # everything this machine can run (CPU: a few minutes)
+    python experiments/bench.py --only step      # one part: solver | step | subset | logps
 
 1. solver: cagrad.coefficients, time per call for m = 2, 3, 8, 16 (raco), next to lw (no solve) as the floor.
 2. step: one whole optimizer step (reference forward, policy forward, the backward pass(es), Gram matrix, solve,
@@ -24,12 +24,16 @@ import time
 
 import torch
 
+if __package__ in (None, ""):  # run as a script, python experiments/bench.py: the project's modules are one up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import dpo
 from cagrad import coefficients
-from command_line import OneLineParser, check_positive, run_command
-from policy import load_model, pick_device
-from preference_data import load_pairs
-from raco import MultiObjectiveBackward
+from harness.batches import tokenize_pairs
+from harness.command_line import OneLineParser, check_positive, run_command
+from harness.models import load_model, pick_device
+from harness.preference_data import load_pairs
+from harness.scale import ScaledBackward
 
 WEIGHTS = [0.5, 0.5]
 
@@ -85,8 +89,9 @@ def bench_model(device):
 
 
 class Step:
-    """train.py's step on a fixed batch: reference forward, policy forward, losses, MultiObjectiveBackward, clip,
-    AdamW. method "dpo": plain single-objective DPO (one loss, one backward), what any DPO trainer costs."""
+    """train.py's step on a fixed batch: reference forward, policy forward, losses, the multi-objective backward
+    (harness/scale.ScaledBackward: DPO-LW's single backward pass, the subset Gram), clip, AdamW. method "dpo": plain
+    single-objective DPO (one loss, one backward), what any DPO trainer costs."""
 
     def __init__(self, model, batch, method, gram_layers=0):
         import copy
@@ -98,9 +103,10 @@ class Step:
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-6)
         blocks = model.model.layers[len(model.model.layers) - gram_layers:] if gram_layers else []
-        self.backward = MultiObjectiveBackward(trainable, [1.0] if method == "dpo" else WEIGHTS,
-                                               "lw" if method == "dpo" else method,
-                                               gram_params=[p for b in blocks for p in b.parameters()] or None)
+        self.backward = ScaledBackward(trainable, [1.0] if method == "dpo" else WEIGHTS,
+                                       "lw" if method == "dpo" else method,
+                                       gram_params=[p for b in blocks for p in b.parameters()] or None,
+                                       diagnostics=lambda: False)  # as on train.py's steps that log nothing
 
     def losses(self):
         with self.autocast or torch.autocast("cpu", enabled=False):
@@ -198,8 +204,8 @@ def bench_subset_world(rounds):
     """The same on the embedded world: its shipped model and a micro-batch of 16 of its pairs (train.py's default)."""
     tokenizer, model = load_model("models/world-tiny", torch.device("cpu"))
     pairs, _ = load_pairs("data/world_train.jsonl", objectives=["quality", "conciseness"], limit=16)
-    tokens = dpo.tokenize_pairs(tokenizer, [p.prompt for p in pairs], [p.response_a for p in pairs],
-                                [p.response_b for p in pairs])
+    tokens = tokenize_pairs(tokenizer, [p.prompt for p in pairs], [p.response_a for p in pairs],
+                            [p.response_b for p in pairs])
     batch = {k: v for k, v in tokens.items() if torch.is_tensor(v)}
     batch["signs"] = torch.tensor([p.signs for p in pairs], dtype=torch.float32)
     exact = Step(model, batch, "raco").direction()

@@ -10,17 +10,15 @@ import pytest
 import torch
 from transformers import LlamaForSequenceClassification
 
-import checkpoint
-import command_line
 import dpo
 import eval as evaluation
 import train
-from policy import load_model
-from preference_data import load_pairs
-from test_policy import sharpened
-from tiny import tiny_config, tiny_llama, word_tokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import command_line, run_directory
+from harness.batches import tokenize_pairs
+from harness.models import load_model
+from harness.preference_data import load_pairs
+from test_models import sharpened
+from tiny import ROOT, tiny_config, tiny_llama, word_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def test_reference_against_itself_has_zero_margins_and_batching_changes_nothing(
     for i, name in enumerate(names):  # one pair at a time, straight from dpo.py
         signed = []
         for p in pairs:
-            tokens = dpo.tokenize_pairs(tokenizer, [p.prompt], [p.response_a], [p.response_b])
+            tokens = tokenize_pairs(tokenizer, [p.prompt], [p.response_a], [p.response_b])
             pa, pb, _, _ = dpo.completion_logps(policy, tokens)
             ra, rb, _, _ = dpo.completion_logps(reference, tokens)
             if p.signs[i]:
@@ -79,7 +77,7 @@ def test_checkpoint_on_real_style_data_is_scored_by_reward_models(tiny_model_dir
                               "--reward-models", f"good={reward_model_dir}", "--samples", "3",
                               "--max-new-tokens", "6"])
     # strict JSON: a standard error of one prompt is NaN in Python and null in the file
-    assert (run / "eval.json").read_text() == json.dumps(checkpoint.strict_json(result), indent=2)
+    assert (run / "eval.json").read_text() == json.dumps(run_directory.strict_json(result), indent=2)
     assert math.isnan(result["samples"]["policy"]["tokens_se"]) and "NaN" not in (run / "eval.json").read_text()
     assert set(result["pairs"]) == {"good", "short"} and result["pairs"]["short"]["pairs"] == 4
     assert result["pairs"]["good"]["accuracy"] == 1.0  # trained for 2 steps on exactly these pairs

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from metrics import (dominates, fraction_dominated, front_gain_2d, front_hypervolume_2d,
-                     hypervolume_2d, hypervolume_3d, kl_estimate, mean_se, pareto_front, ranks, spearman)
+from harness.metrics import (dominates, fraction_dominated, front_gain_2d, front_hypervolume_2d, hypervolume_2d,
+                             hypervolume_3d, kl_estimate, mean_se, pareto_front, ranks, spearman)
 
 
 def test_hypervolume_of_a_staircase_by_hand():

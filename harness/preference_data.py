@@ -1,10 +1,11 @@
-"""Multi-objective preference pairs from real data files (SPEC sections 1 and 5).
+"""Multi-objective preference pairs from real data files (the setting: docs/method.md; the formats: docs/real-data.md).
 
 RACO needs, for every example, ONE pair (x, y_a, y_b) that all m objectives share, and one label per objective,
 s_i in {+1, -1, 0}: +1 = y_a preferred, -1 = y_b preferred, 0 = tie. Public data sets spell this in different
 ways; this file turns three of them into the same list of `Pair`s:
 
-  signed  prompt, response_a/response_b (or chosen/rejected), raco_s_<objective> ...  (what world_build.py writes)
+  signed  prompt, response_a/response_b (or chosen/rejected), raco_s_<objective> ...
+          (what experiments/world_build.py writes)
           -> the objectives are the raco_s_ columns, in column order.
   pku     PKU-SafeRLHF: prompt, response_0, response_1, better_response_id, safer_response_id
           -> helpful, harmless.
@@ -16,7 +17,8 @@ expected, so a 100k-row file fails with something one can fix; train.py prints i
 """
 import json
 import os
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 FORMATS = ("signed", "pku", "moa")
 SIGN_PREFIX = "raco_s_"

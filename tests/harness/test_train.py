@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import command_line
 import train
 import world
-from metrics import front_gain_2d
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import command_line
+from harness.checks import parse_weights
+from harness.metrics import front_gain_2d
+from tiny import ROOT
 
 
 def run(*flags):
@@ -261,13 +261,16 @@ def test_precomputed_reference_log_probs_train_the_same_policy(extra, tiny_model
 
 
 def test_weights_that_overflow_when_summed_are_normalised():
-    assert train.parse_weights("1e308,1e308", 2) == [0.5, 0.5]
-    assert train.parse_weights("3,1", 2) == [0.75, 0.25]
+    assert parse_weights("1e308,1e308", 2) == [0.5, 0.5]
+    assert parse_weights("3,1", 2) == [0.75, 0.25]
 
 
 def test_no_module_forces_offline_mode_on_import():
     """A user's hub data set or reward model must not be forced offline by an import (world.py once did this)."""
     modules = [f[:-3] for f in sorted(os.listdir(ROOT)) if f.endswith(".py")]
+    modules += [f"{folder}.{f[:-3]}" for folder in ("harness", "experiments")
+                for f in sorted(os.listdir(os.path.join(ROOT, folder))) if f.endswith(".py") and f != "__init__.py"]
+    assert len(modules) > 20  # the core, the harness and the experiments
     code = f"import os, {', '.join(modules)}; print(os.environ.get('HF_HUB_OFFLINE'))"
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)

@@ -1,7 +1,7 @@
 """Score against KL on the embedded world: each method's frontier, and who is ahead at matched KL.
 
-    python frontier.py              # 6 methods x 4 learning rates x 3 weights x 3 seeds, scored 5 times per run
-    python frontier.py --quick      # lw, cagrad, raco; 3 learning rates; one weight; one seed (~80 s)
+    python experiments/frontier.py          # 6 methods x 4 learning rates x 3 weights x 3 seeds, scored 5 times per run
+    python experiments/frontier.py --quick  # lw, cagrad, raco; 3 learning rates; one weight; one seed (~80 s)
 
 CAGrad's and RACO's step is d = g0 + c ||g0|| G~/||G~||, longer than DPO-LW's g0, so at one learning rate they move
 further from the reference, and scores at unequal KL(pi || pi_ref) do not compare methods. The DPO paper's answer
@@ -15,18 +15,24 @@ both reached, mean and standard error over seeds. A method is better if its fron
 import csv
 import math
 import os
+import sys
 import time
 
-import pareto
+if __package__ in (None, ""):  # run as a script, python experiments/frontier.py: the project's modules are one up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import train
-from checkpoint import checkpoints, write_json
-from command_line import OneLineParser, UsageError, run_command
-from metrics import mean_se
-from policy import load_model
+from experiments import pareto
+from harness.checkpoints import checkpoints
+from harness.checks import TRAIN_METHODS
+from harness.command_line import OneLineParser, UsageError, run_command
+from harness.metrics import mean_se
+from harness.models import load_model
+from harness.run_directory import write_json
 
 QUICK = dict(methods="lw,cagrad,raco", lrs="2.5e-4,5e-4,1e-3", sweep="0.8", seeds="0", steps=60, prompts=32, samples=4,
              pairs=64, points=3)
-FULL = dict(methods=",".join(train.TRAIN_METHODS), lrs="1e-4,2.5e-4,5e-4,1e-3", sweep="0.2,0.5,0.8", seeds="0,1,2",
+FULL = dict(methods=",".join(TRAIN_METHODS), lrs="1e-4,2.5e-4,5e-4,1e-3", sweep="0.2,0.5,0.8", seeds="0,1,2",
             steps=100, prompts=64, samples=4, pairs=256, points=5)
 KL_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # where frontiers are compared, within what both methods reached
 
@@ -159,7 +165,7 @@ def plot_frontiers(rows, shared, path):
     names, grid, seeds, methods = shared["names"], shared["grid"], shared["seeds"], shared["methods"]
     panels = ["weighted"] + list(names)
     fig, axes = plt.subplots(len(panels), len(grid), figsize=(4.5 * len(grid), 3.2 * len(panels)), squeeze=False)
-    colours = dict(zip(train.TRAIN_METHODS, ("tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple",
+    colours = dict(zip(TRAIN_METHODS, ("tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple",
                                              "tab:brown")))
     for col, w in enumerate(grid):
         for m in methods:

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 import toy_pareto
-from command_line import INPUT_ERRORS
+from harness.command_line import INPUT_ERRORS
 from toy_pareto import (check_quadratics, check_toy, check_worked_example, descend, gamma, min_norm_ratio, pareto_set,
                         random_quadratics, run_cagrad_toy, toy_gradients, toy_losses, toy_table, worked_example)
 
 
 def test_worked_example_reproduces_the_spec_numbers():
-    """The one place the SPEC's numbers are asserted: lam* (also by a grid search), rho, rho~, Gamma, Gamma~."""
+    """The one place the worked example's numbers (docs/method.md) are asserted: lam* (also by a grid search),
+    rho, rho~, Gamma, Gamma~."""
     assert [claim.name for claim in check_worked_example(worked_example()) if not claim.passed] == []
 
 
@@ -42,7 +43,7 @@ def test_toy_losses_at_hand_computed_points():
     assert f2.tolist() == pytest.approx([5.9387109, -0.3997317], abs=1e-6)
 
 
-def test_spec_segment_is_nearly_pareto_critical_and_points_off_it_are_not():
+def test_the_quoted_segment_is_nearly_pareto_critical_and_points_off_it_are_not():
     x1 = torch.tensor([-6.0, -3.0, 0.0, 3.0, 6.0], dtype=torch.float64)
     _, G = toy_gradients(torch.stack([x1, torch.full_like(x1, -8.3552)], 1))
     assert torch.all(G[:, 0, 0] * G[:, 1, 0] < 0)  # the x1-gradients point opposite ways

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dpo import (amopo_margin, completion_logps, dpo_losses, dpo_metrics, log_ratio_margin, sequence_logps,
-                 tokenize_pairs)
+from dpo import amopo_margin, completion_logps, dpo_losses, dpo_metrics, log_ratio_margin, sequence_logps
+from harness.batches import tokenize_pairs
 from tiny import tiny_llama, word_tokenizer
 
 
@@ -102,8 +102,7 @@ def test_lengths_count_the_predicted_response_tokens():
     mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]])
     assert sequence_logps(logits, ids, mask)[1].tolist() == [3, 5]
 
-
-# ----------------------------------------------------------------------------- tokenization + model
+# ----------------------------------------------------------------------------- the model on stacked pairs
 
 def ids_of(tokenizer, text):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -124,16 +123,6 @@ def test_one_forward_stacks_a_then_b(tokenizer, model):
     assert torch.allclose(la, sb, atol=1e-5) and torch.allclose(lb, sa, atol=1e-5)
     assert not torch.allclose(la, lb)
     assert na.tolist() == [6, 2] and nb.tolist() == [2, 10]  # words + EOS
-
-
-def test_bos_added_once(tokenizer):
-    batch = tokenize_pairs(tokenizer, ["<bos> why"], ["yes"], ["no"])
-    assert batch["input_ids"][0].tolist()[:2] == [tokenizer.bos_token_id, ids_of(tokenizer, "why")[0]]
-    no_bos = word_tokenizer(bos=False, pad=False)  # Qwen-like: no BOS, and pad falls back to EOS
-    batch = tokenize_pairs(no_bos, ["why"], ["yes"], ["no no"])
-    assert batch["input_ids"].tolist() == [ids_of(no_bos, "why yes") + [2, 2], ids_of(no_bos, "why no no") + [2]]
-    assert batch["completion_mask"].tolist() == [[0, 1, 1, 0], [0, 1, 1, 1]]
-
 
 def test_prompt_tokens_do_not_count(tokenizer, model):
     batch = tokenize_pairs(tokenizer, PROMPTS, RESP_A, RESP_B)
@@ -166,34 +155,6 @@ def test_padding_does_not_count(tokenizer, model):
             alone = torch.cat(completion_logps(model, tokenize_pairs(tokenizer, PROMPTS[i:i + 1], RESP_A[i:i + 1],
                                                                      RESP_B[i:i + 1]))[:2])
             assert torch.allclose(alone, before[[i, 2 + i]], atol=1e-5)
-
-
-# ----------------------------------------------------------------------------- truncation
-
-def test_prompt_truncated_from_the_left_and_shared_by_both_responses(tokenizer):
-    prompt = " ".join(f"w{i}" for i in range(20))  # 21 tokens with BOS
-    batch = tokenize_pairs(tokenizer, [prompt], ["yes"], ["no no"], max_length=10, max_prompt_length=6)
-    keep = [tokenizer.bos_token_id] + ids_of(tokenizer, "w15 w16 w17 w18 w19")  # BOS survives, end kept
-    assert batch["input_ids"][0, :6].tolist() == keep and batch["input_ids"][1, :6].tolist() == keep
-    assert batch["completion_mask"].sum(-1).tolist() == [2, 3]  # responses fit untouched, EOS included
-    assert batch["num_truncated"] == 2
-
-
-def test_response_cut_at_the_end_never_empty(tokenizer):
-    long = " ".join(f"w{i}" for i in range(15))
-    batch = tokenize_pairs(tokenizer, ["why"], [long], ["yes"], max_length=8, max_prompt_length=4)
-    assert batch["input_ids"][0].tolist() == [tokenizer.bos_token_id] + ids_of(tokenizer, "why w0 w1 w2 w3 w4 w5")
-    assert batch["num_truncated"] == 1  # only y_a lost tokens (its EOS too); the short prompt was not touched
-    # long prompt AND long response: the prompt gives way first, the response still keeps max_length - 4 tokens
-    batch = tokenize_pairs(tokenizer, [long], [long], ["yes"], max_length=8, max_prompt_length=4)
-    assert batch["completion_mask"].sum(-1).tolist() == [4, 2] and batch["input_ids"].shape[1] == 8
-    assert batch["num_truncated"] == 2
-
-
-def test_impossible_truncation_raises(tokenizer):
-    with pytest.raises(ValueError, match="max_prompt_length"):
-        tokenize_pairs(tokenizer, ["why"], ["yes"], ["no"], max_length=8, max_prompt_length=8)
-
 
 # ----------------------------------------------------------------------------- metrics
 

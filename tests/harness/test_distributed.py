@@ -18,9 +18,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import train
-from raco import MultiObjectiveBackward
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.scale import ScaledBackward
+from tiny import ROOT
 
 WEIGHTS = [0.4, 0.6]
 STEPS = 3
@@ -45,7 +44,7 @@ def run_steps(model, micro_batches, solve_per):
     final parameters, each flattened (whole tensors, gathered from the shards under FSDP)."""
     whole = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t  # noqa: E731
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
-    step = MultiObjectiveBackward(model.parameters(), WEIGHTS, "raco", c=0.5, solve_per=solve_per)
+    step = ScaledBackward(model.parameters(), WEIGHTS, "raco", c=0.5, solve_per=solve_per)
     for k in range(STEPS):
         for x, targets in micro_batches(k):
             step.backward(losses(model, x, targets))

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import world
-from policy import ModelError, evaluate_samples, eval_mode, load_model, sample, sampled_logps
+from harness.models import ModelError, eval_mode, load_model
+from harness.sampling import evaluate_samples, sample, sampled_logps
+from tiny import ROOT
 
-MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "world-tiny")
+MODEL_DIR = os.path.join(ROOT, "models", "world-tiny")
 
 
 def sharpened(model):

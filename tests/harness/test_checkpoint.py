@@ -13,11 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import checkpoint
-import command_line
 import train
+from harness import checkpoints, command_line, run_directory
+from tiny import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one thread: the same sums in every process
 
 
@@ -63,7 +62,7 @@ def test_resume_after_an_exception_is_bit_identical(method, accumulation, extra,
     args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "cut", *common))
     with pytest.raises(RuntimeError, match="power cut"):
         train.main(args)
-    assert [os.path.basename(c) for c in checkpoint.checkpoints(tmp_path / "cut")] == ["step-000006"]
+    assert [os.path.basename(c) for c in checkpoints.checkpoints(tmp_path / "cut")] == ["step-000006"]
     monkeypatch.setattr(train, "objective_losses", honest)
     summary = train.main(args)  # the same command again continues from step 6
     assert summary["resumed_from"].endswith("step-000006")
@@ -101,7 +100,7 @@ def test_resume_after_a_signal_is_bit_identical(how, tiny_model_dir, tiny_pairs,
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == (128 + how if how != signal.SIGKILL else -signal.SIGKILL)
     assert "Traceback" not in stderr
-    stopped_at = int(checkpoint.checkpoints(tmp_path / "cut")[-1].rsplit("-", 1)[1])
+    stopped_at = int(checkpoints.checkpoints(tmp_path / "cut")[-1].rsplit("-", 1)[1])
     assert 20 <= stopped_at < 200 and not (tmp_path / "cut" / "summary.json").exists()
     if how != signal.SIGKILL:  # the current step finished and was saved: one line says where and how to go on
         last = stderr.strip().splitlines()[-1]
@@ -116,7 +115,7 @@ def test_an_out_holding_another_run_is_refused_unless_overwrite(tiny_model_dir, 
     out = tmp_path / "run"
     train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--save-every", "0")))
     before = parameters(out)
-    with pytest.raises(checkpoint.RunError) as error:  # another learning rate: another run
+    with pytest.raises(run_directory.RunError) as error:  # another learning rate: another run
         train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--save-every", "0",
                                           "--lr", "5e-2")))
     assert str(error.value) == (f"--out: {out} holds another run (run.json, metrics.jsonl, policy, summary.json); "
@@ -138,7 +137,7 @@ def test_rerunning_a_finished_run_trains_nothing_again(tiny_model_dir, tiny_pair
     monkeypatch.setattr(train, "objective_losses", lambda *a: pytest.fail("trained again"))
     again = train.main(args)  # resumes from the final checkpoint: no step left, the same summary
     assert again["resumed_from"].endswith("step-000004") and again["final"] == first["final"]
-    with pytest.raises(checkpoint.RunError, match="--resume: .* holds a run with other settings \\(steps\\)"):
+    with pytest.raises(run_directory.RunError, match="--resume: .* holds a run with other settings \\(steps\\)"):
         train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "8",
                                           "--save-every", "2", "--resume")))
 
@@ -154,7 +153,7 @@ def test_a_diverging_run_skips_its_bad_steps_then_stops_with_one_line(tiny_model
     stopped = int(line.split("stopped at step ")[1].split(":")[0])
     logged = metrics(out)
     assert [m.get("skipped_steps") for m in logged[-3:]] == [1.0, 1.0, 1.0]  # the three skipped steps, logged
-    kept = checkpoint.checkpoints(out)  # saved every step, but not while steps fail: the last one before them
+    kept = checkpoints.checkpoints(out)  # saved every step, but not while steps fail: the last one before them
     assert f"the last checkpoint, {kept[-1]}, is intact" in line and int(kept[-1].rsplit("-", 1)[1]) == stopped - 3
     state = torch.load(os.path.join(kept[-1], "trainer.pt"), weights_only=True)
     assert state["skipped"] == 0 and state["bad_steps"] == 0
@@ -170,7 +169,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_checkpoint(tiny_mode
                             cwd=ROOT, env=ENV, capture_output=True, text=True, preexec_fn=small_files)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: could not write to {out}: File too large"
-    assert checkpoint.checkpoints(out) == [] and not (out / "policy").exists()
+    assert checkpoints.checkpoints(out) == [] and not (out / "policy").exists()
 
 
 def test_the_same_run_stopped_before_its_first_checkpoint_starts_again(tiny_model_dir, tiny_pairs, tmp_path,
@@ -180,8 +179,8 @@ def test_the_same_run_stopped_before_its_first_checkpoint_starts_again(tiny_mode
     monkeypatch.setattr(train, "objective_losses", lambda *a: (_ for _ in ()).throw(RuntimeError("power cut")))
     with pytest.raises(RuntimeError):
         train.main(args)
-    assert (tmp_path / "run" / "run.json").exists() and checkpoint.checkpoints(tmp_path / "run") == []
-    with pytest.raises(checkpoint.RunError, match="has no complete checkpoint yet"):
+    assert (tmp_path / "run" / "run.json").exists() and checkpoints.checkpoints(tmp_path / "run") == []
+    with pytest.raises(run_directory.RunError, match="has no complete checkpoint yet"):
         train.main(train.parse_args([*flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "4",
                                             "--save-every", "3"), "--resume"]))
     monkeypatch.setattr(train, "objective_losses", honest)
@@ -205,13 +204,13 @@ def test_a_checkpoint_damaged_after_it_was_written_is_one_line_naming_it(damage,
                                                                          tmp_path):
     args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "2", "--save-every", "2"))
     train.main(args)
-    (latest,) = checkpoint.checkpoints(tmp_path / "run")
+    (latest,) = checkpoints.checkpoints(tmp_path / "run")
     if damage == "truncated trainer.pt":
         trainer = os.path.join(latest, "trainer.pt")
         os.truncate(trainer, os.path.getsize(trainer) // 2)
     else:
         os.remove(os.path.join(latest, "state", ".metadata"))
-    with pytest.raises(checkpoint.RunError) as error:
+    with pytest.raises(run_directory.RunError) as error:
         train.main(args)  # the same command: it resumes from the damaged checkpoint
     message = str(error.value)
     assert message.startswith(f"--resume: {latest} cannot be read (") and "\n" not in message
@@ -258,28 +257,28 @@ def test_a_signal_outside_the_loop_is_one_line_saying_what_is_left(how, code, ca
 def test_what_an_interrupt_leaves_names_this_runs_last_checkpoint(tiny_model_dir, tiny_pairs, tmp_path):
     args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "4", "--save-every", "2"))
     config = vars(args).copy()
-    assert checkpoint.left_behind(config) == "no checkpoint of this run was saved"  # nothing yet
+    assert run_directory.left_behind(config) == "no checkpoint of this run was saved"  # nothing yet
     train.main(args)
-    latest = checkpoint.checkpoints(tmp_path / "run")[-1]
-    assert checkpoint.left_behind(config) == f"the last checkpoint, {latest}, is intact; run the same command " \
+    latest = checkpoints.checkpoints(tmp_path / "run")[-1]
+    assert run_directory.left_behind(config) == f"the last checkpoint, {latest}, is intact; run the same command " \
                                              "again to continue from it"
-    assert "without --overwrite" in checkpoint.left_behind({**config, "overwrite": True})
-    assert checkpoint.left_behind({**config, "lr": 1.0}) == "no checkpoint of this run was saved"  # another run's
+    assert "without --overwrite" in run_directory.left_behind({**config, "overwrite": True})
+    assert run_directory.left_behind({**config, "lr": 1.0}) == "no checkpoint of this run was saved"  # another run's
 
 
 def test_the_write_probe_refuses_what_the_writers_cannot_take(tmp_path):
     bad = str(tmp_path) + "/run-\udcff"  # a byte that is not UTF-8, as Python decodes it from a file name
-    with pytest.raises(checkpoint.RunError, match="is not valid UTF-8; rename it$"):
-        checkpoint.check_writable(bad)
-    with pytest.raises(checkpoint.RunError, match="^--out: empty; expected a directory$"):
-        checkpoint.check_writable("")
+    with pytest.raises(run_directory.RunError, match="is not valid UTF-8; rename it$"):
+        run_directory.check_writable(bad)
+    with pytest.raises(run_directory.RunError, match="^--out: empty; expected a directory$"):
+        run_directory.check_writable("")
 
 
 def test_the_write_probe_leaves_nothing_and_json_is_written_whole_and_strict(tmp_path):
     target = tmp_path / "new" / "deeper"
-    checkpoint.check_writable(str(target))
+    run_directory.check_writable(str(target))
     assert os.listdir(tmp_path) == []  # the directories it made to try are gone
-    checkpoint.write_json(str(target / "eval.json"), {"accuracy": float("nan"), "se": [1.5, float("inf")]})
+    run_directory.write_json(str(target / "eval.json"), {"accuracy": float("nan"), "se": [1.5, float("inf")]})
     assert json.loads((target / "eval.json").read_text()) == {"accuracy": None, "se": [1.5, None]}
     assert os.listdir(target) == ["eval.json"]  # no temporary file left
 
@@ -292,7 +291,7 @@ def test_a_run_started_into_an_out_another_is_writing_stops_and_leaves_it_alone(
     before = sorted(os.listdir(out))
     with open(out / ".lock", "w") as held:  # as the first run's process holds it while it trains
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(checkpoint.RunError) as error:
+        with pytest.raises(run_directory.RunError) as error:
             train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--overwrite")))
     assert str(error.value) == f"--out: another run is writing to {out} right now; let it finish or pick another --out"
     assert sorted(os.listdir(out)) == before and (out / "summary.json").exists()  # nothing removed

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-import command_line
-import pareto
 import world
-from metrics import front_gain_2d, hypervolume_2d, hypervolume_3d
+from experiments import pareto
+from harness import command_line
+from harness.metrics import front_gain_2d, hypervolume_2d, hypervolume_3d
 
 
 @pytest.mark.slow
@@ -88,7 +88,7 @@ BAD_INPUTS = [
                                            "faithfulness, got 'quality,kindness'"),
     (["--lr", "-1"], "--lr: invalid value -1.0 (see --help)"),
     (["--model", "no/such/model"], "no/such/model: not found; the sweep runs on the embedded world "
-                                   "(python world_build.py build)"),
+                                   "(python experiments/world_build.py build)"),
     (["--temperature", "0"], "--temperature: expected a finite number >= 0.0001, got 0.0"),
     (["--steps", "0"], "--steps: expected a positive integer, got 0"),
     (["--colour"], "unrecognized arguments: --colour"),

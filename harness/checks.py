@@ -1,0 +1,89 @@
+"""train.py's input, checked before anything expensive runs: every flag at once, then the data with its tokenizer,
+then the model. What fails is one line naming the flag, file, line or field (harness/command_line.py)."""
+import dataclasses
+import math
+import sys
+
+import world
+from cagrad import METHODS
+from harness.batches import prompt_ids
+from harness.command_line import SEED_LIMIT, UsageError, check_flags
+from harness.distributed import launched_by_torchrun
+from harness.models import pick_device, transformer_blocks
+from harness.preference_data import DataError, load_pairs
+
+TRAIN_METHODS = METHODS + ("amopo",)  # AMoPO changes the loss, not the combination: its losses are weighted (lw)
+
+
+def parse_weights(text, num_objectives=None):
+    """--weights as a list on the simplex (checked up front without num_objectives, then against the data's)."""
+    try:
+        weights = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--weights: expected comma-separated numbers, got {text!r}") from None
+    if any(w < 0 or not math.isfinite(w) for w in weights) or max(weights) <= 0:
+        raise UsageError(f"--weights: expected finite non-negative weights with a positive sum, got {text!r}")
+    if num_objectives is not None and len(weights) != num_objectives:
+        raise UsageError(f"--weights: got {len(weights)} weights for {num_objectives} objectives")
+    weights = [w / max(weights) for w in weights]  # to at most 1 first: 1e308 + 1e308 would overflow
+    return [w / sum(weights) for w in weights]
+
+
+def check_config(cfg):
+    """Every flag that can be checked without loading anything."""
+    if cfg.method not in TRAIN_METHODS:
+        raise UsageError(f"--method: unknown method {cfg.method!r}; expected one of {', '.join(TRAIN_METHODS)}")
+    if not 0.0 <= cfg.c < 1.0:
+        raise UsageError(f"--c: expected a value in [0, 1), got {cfg.c}")
+    parse_weights(cfg.weights)
+    check_flags(cfg, [("beta", 0 < cfg.beta < math.inf), ("lr", 0 < cfg.lr < math.inf), ("steps", cfg.steps > 0),
+                      ("batch_size", cfg.batch_size > 0), ("grad_accum", cfg.grad_accum > 0),
+                      ("lora_r", cfg.lora_r >= 0), ("max_prompt_length", 0 < cfg.max_prompt_length < cfg.max_length),
+                      ("warmup", 0 <= cfg.warmup < 1), ("weight_decay", 0 <= cfg.weight_decay < math.inf),
+                      ("max_grad_norm", 0 <= cfg.max_grad_norm < math.inf), ("eval_prompts", cfg.eval_prompts >= 0),
+                      ("log_every", cfg.log_every > 0), ("save_every", cfg.save_every >= 0),
+                      ("keep_checkpoints", cfg.keep_checkpoints > 0), ("max_bad_steps", cfg.max_bad_steps > 0),
+                      ("solve_per", cfg.solve_per in ("step", "micro_batch")), ("gram_layers", cfg.gram_layers >= 0),
+                      ("dtype", cfg.dtype in ("float32", "bfloat16")), ("seed", 0 <= cfg.seed < SEED_LIMIT)])
+    if cfg.fsdp and not launched_by_torchrun():
+        raise UsageError("--fsdp: invalid value True (launch with torchrun)")
+    if cfg.fsdp and (cfg.lora_r > 0 or cfg.gram_layers > 0):
+        raise UsageError("--fsdp: not with --lora-r or --gram-layers (LoRA's adapters need no sharding)")
+    if cfg.gram_layers > 0 and cfg.grad_accum > 1 and cfg.solve_per == "step":
+        raise UsageError("--gram-layers: solves per micro-batch; with --grad-accum > 1 pass --solve-per micro_batch")
+    pick_device(cfg.device)  # a bad or unavailable --device fails here, before anything is loaded
+
+
+def load_training_pairs(cfg, tokenizer, run):
+    """The pairs, their objectives' names and the weights on them (on the simplex); the world's default objectives
+    are quality and conciseness. Fails on what
+    would break later (an empty prompt that a tokenizer without BOS leaves with nothing to predict from; fewer pairs
+    than one batch) and warns about what teaches nothing (identical responses, an objective whose labels are all
+    ties)."""
+    wanted = [x for x in cfg.objectives.split(",") if x] or None
+    pairs, names = load_pairs(cfg.data, cfg.data_format, wanted, tokenizer, split=cfg.split)
+    if wanted is None and tuple(names) == world.OBJECTIVES and world.is_world_prompt(pairs[0].prompt):
+        pairs, names = [dataclasses.replace(p, signs=p.signs[:2]) for p in pairs], list(world.OBJECTIVES[:2])
+    for pair, ids in zip(pairs, prompt_ids(tokenizer, [p.prompt for p in pairs])):
+        if not ids:
+            raise DataError(f"{pair.where}: empty prompt, and the tokenizer adds no BOS: the first response token "
+                            "would have nothing to be predicted from")
+    identical = [p.where for p in pairs if p.response_a == p.response_b]
+    if identical and run.main_process:
+        print(f"warning: {len(identical)} of {len(pairs)} pairs have identical responses and teach nothing "
+              f"(first: {identical[0]})", file=sys.stderr)
+    for i, name in enumerate(names):
+        if run.main_process and all(p.signs[i] == 0 for p in pairs):
+            print(f"warning: objective {name!r} is a tie on every pair: its loss is constant and its gradient zero",
+                  file=sys.stderr)
+    weights = parse_weights(cfg.weights, len(names))
+    if len(pairs) < cfg.batch_size * run.world_size:
+        raise UsageError(f"--data: {len(pairs)} pairs, fewer than one batch of {cfg.batch_size * run.world_size}")
+    return pairs, names, weights
+
+
+def check_model(cfg, policy):
+    """What the loaded model must allow: as many transformer blocks as --gram-layers asks for."""
+    if cfg.gram_layers > len(transformer_blocks(policy)):
+        raise UsageError(f"--gram-layers: {cfg.gram_layers}, but the model has {len(transformer_blocks(policy))} "
+                         "transformer blocks")
