@@ -43,8 +43,8 @@ def save_policy(model, tokenizer, path, lora):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.tensor import DTensor
     sharded = any(isinstance(p, DTensor) for p in model.parameters())
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) \
-        if sharded else None
+    state = _without_tied_copies(model, get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))) if sharded else None
     if is_main_process():
         tmp = path + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -56,6 +56,18 @@ def save_policy(model, tokenizer, path, lora):
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     barrier()
+
+
+def _without_tied_copies(model, state):
+    """A gathered state dict holds a tied parameter under each of its names (lm_head.weight beside
+    model.embed_tokens.weight), as copies save_pretrained cannot tell apart: keep its first name only, as
+    save_pretrained does with the model's own tensors."""
+    seen, copies = set(), set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            copies.add(name)
+        seen.add(id(param))
+    return {k: v for k, v in state.items() if k not in copies}
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 import train
 from harness.scale import ScaledBackward
-from tiny import ROOT
+from tiny import ROOT, tiny_llama, word_tokenizer
 
 WEIGHTS = [0.4, 0.6]
 STEPS = 3
@@ -110,10 +110,19 @@ def metrics(out):
         return [json.loads(line) for line in f]
 
 
+@pytest.fixture(scope="module")
+def tied_model_dir(tmp_path_factory):
+    """A tiny Llama whose output layer is its input embedding (as the world's model and many small LMs have it)."""
+    path = tmp_path_factory.mktemp("tied-model")
+    tiny_llama(tie_word_embeddings=True).save_pretrained(path, safe_serialization=True)
+    word_tokenizer().save_pretrained(path)
+    return str(path)
+
+
 @pytest.mark.slow
 def test_train_py_under_torchrun_replicated_and_fsdp_equals_one_process_and_fsdp_resumes_exactly(
-        tiny_model_dir, tiny_pairs, tmp_path):
-    common = ["--model", tiny_model_dir, "--data", tiny_pairs, "--steps", "4", "--log-every", "1", "--lr", "1e-2",
+        tied_model_dir, tiny_pairs, tmp_path):
+    common = ["--model", tied_model_dir, "--data", tiny_pairs, "--steps", "4", "--log-every", "1", "--lr", "1e-2",
               "--eval-prompts", "0", "--save-every", "2", "--method", "raco", "--weights", "0.3,0.7"]
     train.main(train.parse_args([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]))
     one = metrics(tmp_path / "one")
@@ -124,6 +133,7 @@ def test_train_py_under_torchrun_replicated_and_fsdp_equals_one_process_and_fsdp
         for a, b in zip(one, logged, strict=True):
             for key in ("good/loss", "short/loss", "good/rewards/margins", "a/good", "grad_norm"):
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (run, key)
+        assert weights(run).keys() == weights("one").keys(), run  # a tied weight saved once, as one process saves it
         for key, value in weights("one").items():
             assert torch.allclose(value, weights(run)[key], rtol=1e-4, atol=1e-6), (run, key)
     # FSDP resume from a torch.distributed.checkpoint checkpoint: as if stopped right after step 2
