@@ -153,7 +153,7 @@ def main(cfg):
     with run.training(policy, tokenizer, optimizer, scheduler, stream, score_reference):
         for step in run.steps():
             step_metrics = {}
-            for _ in range(cfg.grad_accum):  # micro-batches: the gradients accumulate, the dual is solved once
+            for _ in range(cfg.grad_accum):  # micro-batches: each objective's gradient accumulates over them
                 indices = next(stream)  # line 1: a minibatch of pairs
                 batch = collate([pairs[i] for i in indices], tokenizer, cfg.max_length, cfg.max_prompt_length,
                                 run.device, indices)
@@ -165,6 +165,7 @@ def main(cfg):
             norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf))  # d's length only
             step_metrics.update(grad_norm=norm, lr=scheduler.get_last_lr()[0])
             step_metrics["loss/weighted"] = sum(w * step_metrics[f"{n}/loss"] for w, n in zip(weights, names))
+            # finite when every L_i and d are, on every process (a weight of 0 times an infinite loss is NaN)
             finite = run.everywhere(math.isfinite(step_metrics["loss/weighted"]) and math.isfinite(norm))
             if finite:  # else the step is skipped, counted, and the run stops if it keeps happening
                 optimizer.step()  # line 8: theta <- theta - eta d, with AdamW's eta

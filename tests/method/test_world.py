@@ -7,11 +7,9 @@ import os
 import random
 
 import pytest
-import torch
 
 import world
 from experiments import world_build
-from harness import command_line
 from harness.metrics import front_gain_2d, front_hypervolume_2d, pareto_front, pearson
 from tiny import ROOT
 
@@ -141,7 +139,7 @@ def test_labels_follow_bradley_terry():
     assert abs(wins / n - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
 
 
-# --- the shipped tokenizer and data (the shipped model's samples: test_policy.py) ----------------------------------
+# --- the shipped tokenizer and data (the shipped model's samples: tests/harness/test_models.py) -------------------
 
 
 def test_tokenizer_boundary_is_exact():
@@ -193,26 +191,6 @@ def test_shipped_samples_show_the_conflict():
     scores = [world.score(r["prompt"], r[side]) for r in rows for side in ("response_a", "response_b")]
     quality, conciseness = [s["quality"] for s in scores], [s["conciseness"] for s in scores]
     assert pearson(quality, conciseness) < -0.2
-
-
-# --- the build ------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_a_tiny_build_is_deterministic(tmp_path):
-    def tiny(out):
-        world_build.build(out_model=str(out / "model"), out_data=str(out / "data"), steps=5, batch_size=8,
-                    train_pairs=6, eval_pairs=4, verbose=False)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        model = AutoModelForCausalLM.from_pretrained(out / "model")
-        files = {name: (out / "data" / name).read_text() for name in ("world_train.jsonl", "world_eval.jsonl")}
-        return model.state_dict(), AutoTokenizer.from_pretrained(out / "model").get_vocab(), files
-
-    first, second = tiny(tmp_path / "a"), tiny(tmp_path / "b")
-    assert first[0].keys() == second[0].keys()
-    assert all(torch.equal(first[0][k], second[0][k]) for k in first[0])
-    assert first[1] == second[1] and first[2] == second[2]
-    assert 0 < len(first[2]["world_train.jsonl"].splitlines()) <= 6  # pairs with an empty sample are dropped
 
 
 # --- the exact Pareto front ---------------------------------------------------------------------------------------
@@ -349,14 +327,3 @@ def test_no_achievable_point_lies_beyond_the_front():
     sampled = [world.score(r["prompt"], r[side]) for r in rows for side in ("response_a", "response_b")]
     mean = (sum(s["quality"] for s in sampled) / len(sampled), sum(s["conciseness"] for s in sampled) / len(sampled))
     assert front_gain_2d(mean, world.exact_front(prompts=[r["prompt"] for r in rows])) > 0
-
-
-def test_the_build_commands_bad_flags_are_one_line_before_anything_runs():
-    for flags, message in ((["build", "--steps", "0"], "--steps: invalid value 0 (see --help)"),
-                           (["stats", "--temperature", "0"],
-                            "--temperature: expected a finite number >= 0.0001, got 0.0"),
-                           (["stats", "--out-model", "./no/model"], "--out-model: ./no/model: no such directory"),
-                           (["build", "--out-data", ""], "--out-data: empty; expected a directory")):
-        with pytest.raises(command_line.INPUT_ERRORS) as error:
-            world_build.main(flags)
-        assert str(error.value) == message
