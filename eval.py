@@ -105,6 +105,21 @@ def pair_metrics(policy, reference, tokenizer, pairs, names, cfg, device, batch_
 # ----------------------------------------------------------------------------- one checkpoint
 
 
+def check_same_tokens(tokenizer, reference_tokenizer, pairs, reference, sample=64):
+    """The policy's log-ratio to its reference compares log-probs of the same token ids: a reference whose tokenizer
+    maps the held-out texts to other ids (even with a vocabulary of the same size) is not the model the policy came
+    from, and every margin and KL against it would be meaningless."""
+    texts = [t for p in pairs[:sample] for t in (p.prompt, p.response_a, p.response_b)]
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if reference_tokenizer(text, add_special_tokens=True)["input_ids"] != ids:
+            raise UsageError(f"--reference: {reference} tokenizes the held-out text {text[:40]!r} into other ids than "
+                             "the policy's tokenizer does: it is not the model the policy came from")
+    if reference_tokenizer.eos_token_id != tokenizer.eos_token_id:
+        raise UsageError(f"--reference: {reference} ends responses with token {reference_tokenizer.eos_token_id}, "
+                         f"the policy with {tokenizer.eos_token_id}: it is not the model the policy came from")
+
+
 def read_summary(run):
     """A finished train.py run's summary.json, checked for what evaluation reads from it."""
     path = os.path.join(run, "summary.json")
@@ -157,8 +172,10 @@ def evaluate_checkpoint(args):
     reward_paths = parse_reward_models(args.reward_models, taken)  # checked before anything loads
     tokenizer = load_tokenizer(os.path.join(args.checkpoint, "policy"), "--checkpoint")
     pairs, _ = load_pairs(source, args.data_format, names, tokenizer, args.split, args.pairs)  # before the weights
+    reference_tokenizer = load_tokenizer(args.reference or cfg.model, "--reference")
+    check_same_tokens(tokenizer, reference_tokenizer, pairs, args.reference or cfg.model)
     policy = load_model(os.path.join(args.checkpoint, "policy"), device, "--checkpoint", tokenizer=tokenizer)[1]
-    reference = load_model(args.reference or cfg.model, device, "--reference")[1]
+    reference = load_model(args.reference or cfg.model, device, "--reference", tokenizer=reference_tokenizer)[1]
     if reference.get_input_embeddings().num_embeddings != policy.get_input_embeddings().num_embeddings:
         raise UsageError(f"--reference: {args.reference or cfg.model} has a vocabulary of "
                          f"{reference.get_input_embeddings().num_embeddings} tokens, the policy one of "

@@ -61,7 +61,7 @@ class Config:
         "help": ".jsonl / .json / .parquet file, local dataset dir or hub id"})
     data_format: str = field(default="auto", metadata={"help": "auto | signed | pku | moa"})
     split: str = field(default="train", metadata={"help": "split, for datasets loaded through `datasets`"})
-    max_length: int = field(default=256, metadata={"help": "prompt + response tokens"})
+    max_length: int = field(default=256, metadata={"help": "prompt + response tokens (at least 2)"})
     max_prompt_length: int = field(default=192, metadata={
         "help": "prompt tokens kept (from the end) when a pair is too long"})
     warmup: float = field(default=0.1, metadata={"help": "fraction of steps of linear warm-up before the cosine decay"})
@@ -129,28 +129,31 @@ def world_scores(run, model, tokenizer, cfg, weights, names, pairs, reference=No
 
 
 def main(cfg):
-    run = Run(cfg)  # every flag checked; what --out holds decided; torchrun's processes joined (harness/run.py)
+    # --out is this run's from here to its end; every flag is checked, and what --out holds decided (harness/run.py)
+    with Run(cfg) as run:
+        if run.finished:  # the same command again on a finished run: nothing to do, nothing removed
+            return run.report(run.finished)
 
-    # Load: the tokenizer and the pairs first (a bad line of data costs no model load), then the policy.
-    tokenizer = load_tokenizer(cfg.model)
-    pairs, names, weights = load_training_pairs(cfg, tokenizer, run)  # weights w: one per objective, on the simplex
-    policy = load_model(cfg.model, run.device, tokenizer=tokenizer)[1]
-    check_model(cfg, policy)
-    # pi_ref, the frozen initial policy (a copy, or its log-probs cached, or LoRA's base), and FSDP2 and LoRA
-    policy, reference = policy_and_reference(cfg, policy, tokenizer, pairs, run)
+        # Load: the tokenizer and the pairs first (a bad line of data costs no model load), then the policy.
+        tokenizer = load_tokenizer(cfg.model)
+        pairs, names, weights = load_training_pairs(cfg, tokenizer, run)  # weights w: one per objective, on the simplex
+        policy = load_model(cfg.model, run.device, tokenizer=tokenizer)[1]
+        check_model(cfg, policy)
+        # pi_ref, the frozen initial policy (a copy, or its log-probs cached, or LoRA's base), and FSDP2 and LoRA
+        policy, reference = policy_and_reference(cfg, policy, tokenizer, pairs, run)
 
-    # Build: AdamW with linear warm-up and cosine decay; the combination of the m gradients; the micro-batches.
-    from transformers import get_cosine_schedule_with_warmup
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup * cfg.steps), cfg.steps)
-    method = "lw" if cfg.method == "amopo" else cfg.method  # AMoPO weights its own losses
-    combine = multi_objective_backward(cfg, policy, trainable, weights, method, names, lambda: run.logs(run.step))
-    stream = batches(len(pairs), cfg.batch_size, cfg.seed, run.rank, run.world_size)  # endless, shuffled each epoch
+        # Build: AdamW with linear warm-up and cosine decay; the combination of the m gradients; the micro-batches.
+        from transformers import get_cosine_schedule_with_warmup
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup * cfg.steps), cfg.steps)
+        method = "lw" if cfg.method == "amopo" else cfg.method  # AMoPO weights its own losses
+        combine = multi_objective_backward(cfg, policy, trainable, weights, method, names, lambda: run.logs(run.step))
+        stream = batches(len(pairs), cfg.batch_size, cfg.seed, run.rank, run.world_size)  # endless, reshuffled
 
-    # Train: one optimizer step of Algorithm 1 per iteration.
-    score_reference = lambda: world_scores(run, policy, tokenizer, cfg, weights, names, pairs)  # noqa: E731
-    with run.training(policy, tokenizer, optimizer, scheduler, stream, score_reference):
+        # Train: one optimizer step of Algorithm 1 per iteration.
+        run.start(policy, tokenizer, optimizer, scheduler, stream,
+                  score_reference=lambda: world_scores(run, policy, tokenizer, cfg, weights, names, pairs))
         for step in run.steps():
             step_metrics = {}
             for _ in range(cfg.grad_accum):  # micro-batches: each objective's gradient accumulates over them

@@ -21,7 +21,6 @@ import time
 if __package__ in (None, ""):  # run as a script, python experiments/frontier.py: the project's modules are one up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import train
 from experiments import pareto
 from harness.checkpoints import checkpoints
 from harness.checks import TRAIN_METHODS
@@ -47,7 +46,7 @@ def run_points(cfg, shared, args, names):
     if reused and os.path.isfile(cache) and pareto.read_json(cache)["settings"] == settings:
         return pareto.read_json(cache)["rows"], True
     if not reused:
-        train.main(cfg)
+        pareto.train_run(cfg)
     rows = []
     for path in checkpoints(cfg.out):
         policy = load_model(os.path.join(path, "policy"), shared["device"])[1]

@@ -40,7 +40,7 @@ from harness.metrics import (fraction_dominated, front_gain_2d, front_hypervolum
                              mean_std, spearman)
 from harness.models import load_model, pick_device
 from harness.preference_data import load_pairs
-from harness.run_directory import check_writable, write_json
+from harness.run_directory import check_writable, input_fingerprints, resumable, same_settings, write_json
 from harness.sampling import evaluate_samples
 
 # The three-objective design: each objective leading once, each pair leading once, and the centre.
@@ -82,7 +82,14 @@ def finished(cfg, inputs_time):
     world keeps its paths)."""
     summary = os.path.join(cfg.out, "summary.json")
     return os.path.isfile(summary) and os.path.getmtime(summary) > inputs_time \
-        and read_json(summary)["config"] == dataclasses.asdict(cfg)
+        and same_settings(read_json(summary)["config"], dataclasses.asdict(cfg))
+
+
+def train_run(cfg):
+    """train.main on one run of a sweep: continued where an interrupt left it (the same config, the same inputs, a
+    checkpoint and no summary), else trained afresh over whatever its directory held (--overwrite)."""
+    config = dataclasses.asdict(cfg)
+    train.main(dataclasses.replace(cfg, overwrite=not resumable(config, input_fingerprints(cfg.data, cfg.model))))
 
 
 def eval_settings(args):
@@ -96,7 +103,7 @@ def sweep_point(cfg, tokenizer, reference, eval_pairs, prompts, args, device, in
     summary_path, eval_path = os.path.join(cfg.out, "summary.json"), os.path.join(cfg.out, "eval.json")
     reused = finished(cfg, inputs_time)
     if not reused:
-        train.main(cfg)
+        train_run(cfg)
     settings = eval_settings(args)
     if reused and os.path.isfile(eval_path) and read_json(eval_path)["settings"] == settings:
         return read_json(eval_path)["row"], True
@@ -131,7 +138,7 @@ def train_config(args, names, **fields):
     return train.Config(**{**dict(model=args.model, data=args.data, objectives=",".join(names), steps=args.steps,
                                   lr=args.lr, beta=args.beta, batch_size=args.micro_batch, grad_accum=args.grad_accum,
                                   solve_per=args.solve_per, eval_prompts=0, device=args.device, save_every=0,
-                                  overwrite=True, log_every=max(1, args.steps // 4)), **fields})
+                                  log_every=max(1, args.steps // 4)), **fields})
 
 
 def prepare(args, quick=QUICK, full=FULL, minimum=2):

@@ -9,8 +9,14 @@ Every checkpoint is written under a temporary name and renamed when complete (a 
 kill or a full disk never leaves a half-written checkpoint under a real name; the last `keep` are kept.
 Resuming loads the latest complete checkpoint into a freshly built model and optimizer, replays the data stream to
 its position and continues: on CPU the result is bit-identical to a run that was never interrupted.
+A checkpoint is data, never code: trainer.pt is read with torch.load(weights_only=True), state/.metadata (which
+torch.distributed.checkpoint reads with plain pickle.load) with an unpickler that admits only the types such metadata
+holds, and the weights are safetensors.
 """
+import logging
 import os
+import pickle
+import re
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -19,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from harness.distributed import barrier, is_main_process
+from harness.preference_data import first_line
 
 
 def checkpoints(out):
@@ -97,7 +104,9 @@ def save_checkpoint(out, step, model, tokenizer, optimizer, trainer_state, keep,
                  no_dist=not (dist.is_available() and dist.is_initialized()))
     save_policy(model, tokenizer, os.path.join(tmp, "policy"), "adapters" if lora else None)
     if is_main_process():
-        torch.save(trainer_state, os.path.join(tmp, "trainer.pt"))
+        # through a Python file: torch's own writer reports a full disk as "RuntimeError: [enforce fail at ...]"
+        with open(os.path.join(tmp, "trainer.pt"), "wb") as f:
+            torch.save(trainer_state, f)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(out)[:-keep] if keep > 0 else []:
@@ -114,17 +123,71 @@ def load_checkpoint(path, model, optimizer):
     for part in ("state/.metadata", "trainer.pt"):  # missing, dcp would log pages of fallbacks before it failed
         if not os.path.isfile(os.path.join(path, part)):
             raise FileNotFoundError(f"its {part} is missing")
+    with open(os.path.join(path, "state", ".metadata"), "rb") as f:  # damaged or tampered: refused here, in one line
+        try:
+            _MetadataUnpickler(f).load()
+        except Exception as error:
+            raise pickle.UnpicklingError(f"its state/.metadata cannot be read: {first_line(error)}") from None
     model_state, optimizer_state = _state_dicts(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    with warnings.catch_warnings(), _plain_errors():
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=os.path.join(path, "state"),
-                 no_dist=not (dist.is_available() and dist.is_initialized()))
+    logging.disable(logging.WARNING)  # torch.distributed.checkpoint logs its fallbacks' tracebacks to the root logger
+    try:
+        with warnings.catch_warnings(), _plain_errors():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, storage_reader=_metadata_checked_reader(os.path.join(path, "state")),
+                     no_dist=not (dist.is_available() and dist.is_initialized()))
+    finally:
+        logging.disable(logging.NOTSET)
     # not strict: the frozen weights (LoRA's base model) are not in a checkpoint; dcp.load has already failed on any
     # trainable tensor a checkpoint lacks
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=StateDictOptions(ignore_frozen_params=True, strict=False))
-    return torch.load(os.path.join(path, "trainer.pt"), weights_only=True)
+    try:
+        return torch.load(os.path.join(path, "trainer.pt"), weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's message would suggest weights_only=False: never
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        raise pickle.UnpicklingError(f"its trainer.pt holds more than a trainer state"
+                                     f"{f' ({found.group(1)})' if found else ''}: it was not written by this code") \
+            from None
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits only what torch.distributed.checkpoint's metadata is made of: its metadata dataclasses, the storage
+    records of its file system writer, shapes, dtypes, layouts and paths. Anything else, such as the os.system a
+    tampered file would call, is refused before it runs."""
+
+    def find_class(self, module, name):
+        import pathlib
+
+        import torch.distributed.checkpoint.metadata as metadata
+        value = getattr(metadata, name, None) if module == "torch.distributed.checkpoint.metadata" else None
+        allowed = (isinstance(value, type)
+                   or (module, name) in {("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+                                         ("torch", "Size"), ("torch.serialization", "_get_layout")}
+                   or module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+                   or module == "pathlib" and name in ("PosixPath", "WindowsPath", "PurePosixPath",
+                                                       "PureWindowsPath") and hasattr(pathlib, name))
+        if not allowed:
+            raise pickle.UnpicklingError(f"state/.metadata refers to {module}.{name}, which checkpoint metadata never "
+                                         "holds: it was not written by this code")
+        return super().find_class(module, name)
+
+
+def _metadata_checked_reader(path):
+    """torch.distributed.checkpoint's FileSystemReader, reading .metadata with _MetadataUnpickler."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            with open(os.path.join(path, ".metadata"), "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = getattr(self, "load_id", None)
+            return metadata
+
+    return Reader(path)
 
 
 def rng_state():

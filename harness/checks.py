@@ -10,7 +10,7 @@ from harness.batches import prompt_ids
 from harness.command_line import SEED_LIMIT, UsageError, check_flags
 from harness.distributed import launched_by_torchrun
 from harness.models import pick_device, transformer_blocks
-from harness.preference_data import DataError, load_pairs
+from harness.preference_data import DataError, first_line, load_pairs
 
 TRAIN_METHODS = METHODS + ("amopo",)  # AMoPO changes the loss, not the combination: its losses are weighted (lw)
 
@@ -38,13 +38,21 @@ def check_config(cfg):
     parse_weights(cfg.weights)
     check_flags(cfg, [("beta", 0 < cfg.beta < math.inf), ("lr", 0 < cfg.lr < math.inf), ("steps", cfg.steps > 0),
                       ("batch_size", cfg.batch_size > 0), ("grad_accum", cfg.grad_accum > 0),
-                      ("lora_r", cfg.lora_r >= 0), ("max_prompt_length", 0 < cfg.max_prompt_length < cfg.max_length),
+                      ("lora_r", cfg.lora_r >= 0), ("lora_alpha", cfg.lora_alpha > 0),
+                      ("max_length", cfg.max_length > 1),
                       ("warmup", 0 <= cfg.warmup < 1), ("weight_decay", 0 <= cfg.weight_decay < math.inf),
                       ("max_grad_norm", 0 <= cfg.max_grad_norm < math.inf), ("eval_prompts", cfg.eval_prompts >= 0),
                       ("log_every", cfg.log_every > 0), ("save_every", cfg.save_every >= 0),
                       ("keep_checkpoints", cfg.keep_checkpoints > 0), ("max_bad_steps", cfg.max_bad_steps > 0),
                       ("solve_per", cfg.solve_per in ("step", "micro_batch")), ("gram_layers", cfg.gram_layers >= 0),
                       ("dtype", cfg.dtype in ("float32", "bfloat16")), ("seed", 0 <= cfg.seed < SEED_LIMIT)])
+    if not 0 < cfg.max_prompt_length < cfg.max_length:
+        raise UsageError(f"--max-prompt-length: {cfg.max_prompt_length}, but a prompt must keep at least one token and "
+                         f"leave one to the response within --max-length {cfg.max_length}")
+    if cfg.lr * cfg.weight_decay >= 1:  # AdamW multiplies every weight by 1 - lr x weight_decay before each step
+        raise UsageError(f"--weight-decay: {cfg.weight_decay:g} with --lr {cfg.lr:g} multiplies every weight by "
+                         f"1 - lr x weight_decay = {1 - cfg.lr * cfg.weight_decay:.3g} at each step; expected "
+                         "lr x weight_decay < 1")
     if cfg.fsdp and not launched_by_torchrun():
         raise UsageError("--fsdp: invalid value True (launch with torchrun)")
     if cfg.fsdp and (cfg.lora_r > 0 or cfg.gram_layers > 0):
@@ -68,6 +76,7 @@ def load_training_pairs(cfg, tokenizer, run):
         if not ids:
             raise DataError(f"{pair.where}: empty prompt, and the tokenizer adds no BOS: the first response token "
                             "would have nothing to be predicted from")
+    tokenizes(pairs, tokenizer)
     identical = [p.where for p in pairs if p.response_a == p.response_b]
     if identical and run.main_process:
         print(f"warning: {len(identical)} of {len(pairs)} pairs have identical responses and teach nothing "
@@ -80,6 +89,24 @@ def load_training_pairs(cfg, tokenizer, run):
     if len(pairs) < cfg.batch_size * run.world_size:
         raise UsageError(f"--data: {len(pairs)} pairs, fewer than one batch of {cfg.batch_size * run.world_size}")
     return pairs, names, weights
+
+
+def tokenizes(pairs, tokenizer, chunk=1024):
+    """Every response goes through the tokenizer now, before anything is written, rather than in the middle of
+    training: what it cannot take is one line naming the pair."""
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start:start + chunk]
+        for field in ("response_a", "response_b"):
+            try:
+                tokenizer([getattr(p, field) for p in part], add_special_tokens=False)
+            except Exception as error:  # a tokenizer's own error types vary; the pair at fault is found one by one
+                for pair in part:
+                    try:
+                        tokenizer(getattr(pair, field), add_special_tokens=False)
+                    except Exception:
+                        raise DataError(f"{pair.where}: the tokenizer cannot read field '{field}' "
+                                        f"({type(error).__name__}: {first_line(error)})") from None
+                raise
 
 
 def check_model(cfg, policy):

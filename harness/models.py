@@ -4,6 +4,8 @@ train.py, eval.py, the sweeps and the world build all load through here, so a po
 weights and every problem with a model directory is one line naming the flag.
 """
 import os
+import pickle
+import re
 import warnings
 from contextlib import contextmanager
 
@@ -39,6 +41,21 @@ def check_model_path(name, flag):
     if not {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"} & set(files):
         raise ModelError(f"{flag}: {name}: no tokenizer (tokenizer.json or tokenizer_config.json); save one beside "
                          "the weights with tokenizer.save_pretrained")
+    if _needs_its_own_code(os.path.join(path, "config.json")):
+        raise ModelError(f"{flag}: {name}: its config.json names a model type transformers does not define, with code "
+                         "of its own to run (auto_map); such code is never run here (trust_remote_code=False)")
+
+
+def _needs_its_own_code(config_path):
+    import json
+
+    from transformers import CONFIG_MAPPING
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        return "auto_map" in config and config.get("model_type") not in CONFIG_MAPPING
+    except (OSError, ValueError, TypeError, AttributeError):  # not a JSON mapping: from_pretrained says so its own way
+        return False
 
 
 def load_tokenizer(name, flag="--model"):
@@ -47,7 +64,7 @@ def load_tokenizer(name, flag="--model"):
     from transformers import AutoTokenizer
     check_model_path(name, flag)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelError(f"{flag}: could not load {name!r}: {first_line(error)}") from None
     if tokenizer.pad_token_id is None:
@@ -70,7 +87,13 @@ def load_model(name, device, flag="--model", head=None, tokenizer=None):
         # float32 master weights whatever the checkpoint holds (transformers 5 loads a bf16 hub model as bf16)
         model, info = (head or AutoModelForCausalLM).from_pretrained(name, dtype=torch.float32,
                                                                    output_loading_info=True,
-                                                                   ignore_mismatched_sizes=True)
+                                                                   ignore_mismatched_sizes=True,
+                                                                   trust_remote_code=False)
+    except pickle.UnpicklingError as error:  # torch.load(weights_only=True) refused a pickled weights file
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        raise ModelError(f"{flag}: {name}: its pickled weights (pytorch_model*.bin) hold more than tensors"
+                         f"{f' ({found.group(1)})' if found else ''}, so they are not loaded; save the model as "
+                         "safetensors from a copy you trust") from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ModelError(f"{flag}: could not load {name!r}: {first_line(error)}") from None
     finally:

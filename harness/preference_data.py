@@ -74,11 +74,24 @@ def _is_messages(value):
 
 def _kind(value, where, field):
     if isinstance(value, str):
+        _check_unicode(value, where, field)
         return "text"
     if _is_messages(value) and value:
+        for i, message in enumerate(value):
+            _check_unicode(message["content"], where, f"{field}[{i}].content")
         return "messages"
     raise DataError(f"{where}: field '{field}' must be a string or a list of {{role, content}} messages, "
                     f"got {_show(value)}")
+
+
+def _check_unicode(text, where, field):
+    """Text that UTF-8 can encode: JSON's \\ud800 escapes decode to a lone surrogate, which no tokenizer or file
+    writer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataError(f"{where}: field '{field}' holds {text[error.start]!r} at character {error.start}, a lone "
+                        "surrogate that is not text (expected valid Unicode)") from None
 
 
 def _prompt_and_responses(row, where, prompt_field, field_a, field_b, tokenizer):
@@ -333,6 +346,8 @@ def _read_rows(source, split, limit):
         or source.startswith(("/", "./", "../"))
     if looks_local and not os.path.exists(source):
         raise DataError(f"{source}: no such file or directory")
+    if os.path.exists(source) and not (os.path.isfile(source) or os.path.isdir(source)):  # a FIFO, /dev/zero: unread
+        raise DataError(f"{source}: not a regular file or directory")
     if os.path.isdir(source) or not looks_local:
         return (f"{source} {split}", *_read_datasets(source, split, limit))
     if source.endswith(".jsonl"):

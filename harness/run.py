@@ -1,9 +1,10 @@
 """The life of a training run around the RACO step. train.py enters it through these calls:
 
-    run = Run(cfg)               every flag checked, what --out holds decided, torchrun's processes joined, seeded
-    with run.training(policy, tokenizer, optimizer, scheduler, stream, score_reference):
-                                 resume from the latest checkpoint (or score the reference first); hold --out's
-                                 lock; a full disk is one line
+    with Run(cfg) as run:        --out claimed until the run ends; every flag checked; what --out holds decided
+                                 (from scratch, resumed, already finished, refused); torchrun's processes joined
+        run.finished             the summary of this very run when it has finished: nothing left to do
+        run.start(...)           resume from the latest checkpoint, or score the reference first; then, every
+                                 input checked, clear what --overwrite replaces and record the config and inputs
         for step in run.steps(): the steps left, under a progress bar; Ctrl-C and SIGTERM finish the step
             run.logs(step)       whether this step is logged (every --log-every steps, and the last)
             run.everywhere(flag) a flag AND-ed over the processes
@@ -20,7 +21,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
 
 import torch
 
@@ -30,7 +30,7 @@ from harness.checks import check_config
 from harness.command_line import TrainingError
 from harness.models import pick_device
 from harness.preference_data import first_line
-from harness.run_directory import RunError, open_run, running, write_json
+from harness.run_directory import Claim, RunError, begin, input_fingerprints, open_run, write_json
 
 ACCURACY = "/rewards/accuracies"  # the metric the progress bar shows per objective, beside the weighted loss
 
@@ -40,18 +40,38 @@ class Run:
         self.started = time.time()
         check_config(cfg)
         self.cfg, self.config = cfg, dataclasses.asdict(cfg)
-        self.resume_from = open_run(self.config, cfg.resume, cfg.overwrite)  # a checkpoint, or None: from scratch
         self.rank, self.world_size, self.device = distributed.start(pick_device(cfg.device))
         self.main_process = self.rank == 0
+        self.claim = Claim(cfg.out) if self.main_process else None  # before any work, held to the end
+        self.began, self.log, self.progress, self.interrupts, self.state = False, None, None, None, None
+        try:
+            self.inputs = input_fingerprints(cfg.data, cfg.model)
+            # a checkpoint to resume from (or None), and the summary if this very run has finished (or None)
+            self.resume_from, self.finished = open_run(self.config, cfg.resume, cfg.overwrite, self.inputs)
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
         self.evaluates = self.main_process and not cfg.fsdp  # sampling a sharded model needs every process in step
         self.step = 0
         torch.manual_seed(cfg.seed)
 
-    @contextmanager
-    def training(self, policy, tokenizer, optimizer, scheduler, stream, score_reference):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        self._stop_watching()
+        if self.claim is not None:
+            self.claim.release(unused=not self.began)  # stopped before its first write: no trace of it is left
+            self.claim = None
+        if isinstance(error, OSError) and self.began:  # a full disk, a lost mount: one line; the last checkpoint stays
+            raise TrainingError(f"could not write to {self.cfg.out}: {error.strerror or error}") from None
+        if kind is None:
+            distributed.stop()
+        return False
+
+    def start(self, policy, tokenizer, optimizer, scheduler, stream, score_reference):
         """Resume (the parameters, AdamW, the scheduler, the RNG, the data stream's position) or start afresh,
-        scoring the reference first (score_reference() -> scores or None); then hold --out while the caller trains
-        and saves."""
+        scoring the reference first (score_reference() -> scores or None); then record the run in --out."""
         cfg = self.cfg
         self.policy, self.tokenizer, self.optimizer, self.scheduler = policy, tokenizer, optimizer, scheduler
         if self.resume_from:
@@ -69,27 +89,23 @@ class Run:
                 print(f"resuming from {self.resume_from}", file=sys.stderr)
         else:
             state = dict(step=0, window={}, final={}, bad_steps=0, skipped=0, before=score_reference())
-        self.state, self.saved, self.log, self.progress, self.interrupts = state, self.resume_from, None, None, None
-        try:
-            with running(self.config, self.resume_from is not None):
-                try:
-                    yield self
-                finally:
-                    self._stop_watching()
-        except OSError as error:  # a full disk, a lost mount: one line, and the last complete checkpoint stays
-            raise TrainingError(f"could not write to {cfg.out}: {error.strerror or error}") from None
-        distributed.stop()
+        self.state, self.saved = state, self.resume_from
+        if self.main_process:
+            begin(self.config, self.inputs, self.resume_from is not None)
+        self.began = True
 
     def steps(self):
         """The steps left, from the checkpoint resumed (or 1) to --steps. While they run, metrics.jsonl is open,
         a progress bar shows, and SIGINT / SIGTERM ask for a checkpoint at the end of the step."""
         from tqdm import tqdm
         cfg, state = self.cfg, self.state
-        if self.main_process:  # on resume, the lines the interrupted run wrote after its checkpoint are written again
+        if self.main_process:  # on resume, the lines written after the checkpoint go; the rest is written back whole
             path = os.path.join(cfg.out, "metrics.jsonl")
             kept = [line for line in open(path) if _step_of_line(line) <= state["step"]] if os.path.exists(path) else []
-            self.log = open(path, "w")
-            self.log.writelines(kept)
+            with open(path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(path + ".tmp", path)
+            self.log = open(path, "a")
         self.progress = tqdm(range(state["step"] + 1, cfg.steps + 1), disable=not self.main_process, desc=cfg.method,
                              dynamic_ncols=True, initial=state["step"], total=cfg.steps)
         self.interrupts = Interrupts()
@@ -139,7 +155,7 @@ class Run:
         if state["bad_steps"] >= cfg.max_bad_steps:
             raise TrainingError(
                 f"stopped at step {step}: {state['bad_steps']} consecutive steps had non-finite losses or "
-                f"gradients, so the parameters have diverged (is --lr {cfg.lr:g} too high?); "
+                f"gradients, so the parameters have diverged ({self._suspects()}); "
                 + (f"the last checkpoint, {self.saved}, is intact" if self.saved else "no checkpoint was saved"))
         signum = distributed.largest(self.interrupts.signum)  # every process stops at the same step
         due = cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps) and not state["bad_steps"]
@@ -152,14 +168,23 @@ class Run:
             self.progress.close()
             if self.main_process:
                 print(f"{signal.Signals(signum).name} at step {step}: checkpoint saved in {self.saved}; run the "
-                      "same command again (or add --resume) to continue", file=sys.stderr)
+                      "same command again to continue from it", file=sys.stderr)
             raise SystemExit(128 + signum)
 
+    def _suspects(self):
+        cfg = self.cfg
+        decay = f", or --weight-decay {cfg.weight_decay:g} (lr x weight_decay = {cfg.lr * cfg.weight_decay:.3g})" \
+            if cfg.weight_decay else ""
+        return f"is --lr {cfg.lr:g} too high{decay}?"
+
     def finish(self, policy, tokenizer, names, weights, after):
-        """The trained policy in Hugging Face format (LoRA merged into it) and summary.json; after: its scores."""
+        """The trained policy in Hugging Face format (LoRA merged into it) and summary.json; after: its scores. A
+        run whose steps were mostly skipped saves no policy: its parameters have diverged."""
         cfg, state = self.cfg, self.state
-        self.policy_dir = os.path.join(cfg.out, "policy")
-        checkpoints.save_policy(policy, tokenizer, self.policy_dir, "merge" if cfg.lora_r > 0 else None)
+        if 2 * state["skipped"] > cfg.steps:
+            raise TrainingError(f"{state['skipped']} of {cfg.steps} steps were skipped for non-finite losses or "
+                                f"gradients: the policy has diverged ({self._suspects()}); no policy was saved")
+        checkpoints.save_policy(policy, tokenizer, os.path.join(cfg.out, "policy"), "merge" if cfg.lora_r > 0 else None)
         summary = {"config": self.config, "objectives": names, "weights": weights, "final": state["final"],
                    "skipped_steps": state["skipped"], "resumed_from": self.resume_from,
                    "eval": {"reference": state["before"], "policy": after},
@@ -172,16 +197,18 @@ class Run:
         """On the main process: the scores beside the reference's, a warning for skipped steps, where it all is."""
         if not self.main_process:
             return None
-        cfg, state = self.cfg, self.state
-        if state["before"] is not None:
-            world.print_comparison(state["before"], summary["eval"]["policy"], summary["objectives"])
-        if state["skipped"]:  # fewer than --max-bad-steps in a row, or the run would have stopped: but never silent
-            ending = f", the last {state['bad_steps']} in a row: the policy has likely diverged (is --lr {cfg.lr:g} " \
-                     "too high?)" if state["bad_steps"] else ""
+        cfg, state, scores = self.cfg, self.state, summary["eval"]
+        if state is None:  # finished before: nothing was done
+            print(f"{cfg.out} holds this run, finished: nothing to do (--overwrite trains it again)", file=sys.stderr)
+        if scores["reference"] is not None:
+            world.print_comparison(scores["reference"], scores["policy"], summary["objectives"])
+        if state is not None and state["skipped"]:  # fewer than half, and never --max-bad-steps in a row: not silent
+            ending = f", the last {state['bad_steps']} in a row: the policy has likely diverged " \
+                     f"({self._suspects()})" if state["bad_steps"] else ""
             print(f"warning: {state['skipped']} of {cfg.steps} steps were skipped for non-finite losses or gradients"
                   f"{ending}; see skipped_steps in metrics.jsonl", file=sys.stderr)
-        print(f"{time.time() - self.started:.0f} s; policy in {self.policy_dir}, metrics in {cfg.out}/metrics.jsonl "
-              f"and {cfg.out}/summary.json")
+        print(f"{time.time() - self.started:.0f} s; policy in {os.path.join(cfg.out, 'policy')}, metrics in "
+              f"{cfg.out}/metrics.jsonl and {cfg.out}/summary.json")
         return summary
 
 

@@ -18,10 +18,10 @@ WORDS = SPECIALS + ("hello world good bad short long answer question the cat dog
                     "why how is it very").split() + [f"w{i}" for i in range(20)]
 
 
-def word_tokenizer(bos=True, pad=True):
+def word_tokenizer(bos=True, pad=True, words=WORDS):
     """Whitespace words; like Llama's, it puts <bos> in front of text (bos=False: like Qwen's, no BOS at all), and
-    without a pad token (pad=False) the code under test must fall back to EOS."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    without a pad token (pad=False) the code under test must fall back to EOS. words: the vocabulary, in id order."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     if bos:
         tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
@@ -62,6 +62,18 @@ def write_tiny_world(root):
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"model": str(root / "world-tiny"), "train": str(root / "world_train.jsonl"),
             "eval": str(root / "world_eval.jsonl")}
+
+
+def crash_after(calls, function):
+    """function, but raising RuntimeError("power cut") from its (calls + 1)-th call on: a run that dies mid-way."""
+    made = []
+
+    def crashing(*args):
+        made.append(1)
+        if len(made) > calls:
+            raise RuntimeError("power cut")
+        return function(*args)
+    return crashing
 
 
 # Two objectives on a tiny float64 Llama that pull the same logits different ways: raco.py's and harness/scale.py's

@@ -1,16 +1,19 @@
 """pareto.py: the sweep end to end on the world in miniature (every row, the table, the figure, runs reused and
 retrained when stale), and bad input."""
 import csv
+import dataclasses
 import json
 import os
 import time
 
 import pytest
 
+import train
 import world
 from experiments import pareto
-from harness import command_line
+from harness import command_line, run_directory
 from harness.metrics import front_gain_2d, hypervolume_2d, hypervolume_3d
+from tiny import crash_after
 
 
 @pytest.mark.slow
@@ -101,3 +104,22 @@ def test_bad_input_is_one_clear_line(flags, message):
     with pytest.raises(command_line.INPUT_ERRORS) as error:
         pareto.main(flags)
     assert str(error.value) == message
+
+
+def test_a_sweep_continues_an_interrupted_run_and_retrains_a_stale_or_other_one(tiny_model_dir, tiny_pairs, tmp_path,
+                                                                               monkeypatch):
+    cfg = train.Config(model=tiny_model_dir, data=tiny_pairs, batch_size=4, steps=6, save_every=2, eval_prompts=0,
+                       log_every=2, out=str(tmp_path / "run"))
+    honest = train.objective_losses
+    monkeypatch.setattr(train, "objective_losses", crash_after(3, honest))  # in step 4
+    with pytest.raises(RuntimeError):
+        pareto.train_run(cfg)
+    monkeypatch.setattr(train, "objective_losses", honest)
+    assert run_directory.resumable(dataclasses.asdict(cfg), run_directory.input_fingerprints(cfg.data, cfg.model))
+    pareto.train_run(cfg)  # the sweep run again: it continues where the interrupt left it
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["resumed_from"].endswith("step-000002")
+    other = dataclasses.replace(cfg, lr=5e-2)  # the sweep's settings changed: the run is trained afresh
+    assert not run_directory.resumable(dataclasses.asdict(other), run_directory.input_fingerprints(cfg.data,
+                                                                                                   cfg.model))
+    pareto.train_run(other)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["config"]["lr"] == 5e-2

@@ -104,7 +104,8 @@ def test_resume_after_a_signal_is_bit_identical(how, tiny_model_dir, tiny_pairs,
     assert 20 <= stopped_at < 200 and not (tmp_path / "cut" / "summary.json").exists()
     if how != signal.SIGKILL:  # the current step finished and was saved: one line says where and how to go on
         last = stderr.strip().splitlines()[-1]
-        assert last.startswith(f"{how.name} at step {stopped_at}: checkpoint saved in ") and "--resume" in last
+        assert last.startswith(f"{how.name} at step {stopped_at}: checkpoint saved in ")
+        assert last.endswith("; run the same command again to continue from it")  # pareto.py's too: no --resume
     resumed = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {tmp_path / 'cut' / 'checkpoints' / f'step-{stopped_at:06d}'}" in resumed.stderr
@@ -118,7 +119,8 @@ def test_an_out_holding_another_run_is_refused_unless_overwrite(tiny_model_dir, 
     with pytest.raises(run_directory.RunError) as error:  # another learning rate: another run
         train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--save-every", "0",
                                           "--lr", "5e-2")))
-    assert str(error.value) == (f"--out: {out} holds another run (run.json, metrics.jsonl, policy, summary.json); "
+    assert str(error.value) == (f"--out: {out} holds another run (run.json, inputs.json, metrics.jsonl, policy, "
+                                "summary.json); "
                                 "pass --overwrite to replace it or --resume to continue it")
     assert all(torch.equal(before[k], v) for k, v in parameters(out).items())  # untouched
     with pytest.raises(command_line.INPUT_ERRORS):  # a bad flag with --overwrite costs the old run nothing either
@@ -131,12 +133,19 @@ def test_an_out_holding_another_run_is_refused_unless_overwrite(tiny_model_dir, 
     assert any(not torch.equal(before[k], v) for k, v in parameters(out).items())
 
 
-def test_rerunning_a_finished_run_trains_nothing_again(tiny_model_dir, tiny_pairs, tmp_path, monkeypatch):
-    args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "4", "--save-every", "2"))
+@pytest.mark.parametrize("save_every", ["2", "0"])  # with checkpoints, and without any
+def test_rerunning_a_finished_run_trains_nothing_and_removes_nothing(save_every, tiny_model_dir, tiny_pairs, tmp_path,
+                                                                     monkeypatch, capsys):
+    args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "4", "--save-every",
+                                  save_every))
     first = train.main(args)
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("loaded the model again"))
     monkeypatch.setattr(train, "objective_losses", lambda *a: pytest.fail("trained again"))
-    again = train.main(args)  # resumes from the final checkpoint: no step left, the same summary
-    assert again["resumed_from"].endswith("step-000004") and again["final"] == first["final"]
+    again = train.main(args)  # the same command: the run is finished, its summary is reported as it was
+    assert again["final"] == first["final"] and again["resumed_from"] is None
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()} == written
+    assert "holds this run, finished: nothing to do" in capsys.readouterr().err
     with pytest.raises(run_directory.RunError, match="--resume: .* holds a run with other settings \\(steps\\)"):
         train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "8",
                                           "--save-every", "2", "--resume")))
@@ -193,6 +202,7 @@ def test_rerunning_a_finished_run_keeps_its_last_line(tiny_model_dir, tiny_pairs
     train.main(args)
     first = metrics(tmp_path / "run")
     assert [m["step"] for m in first] == [2, 4, 5]
+    (tmp_path / "run" / "summary.json").unlink()  # as if killed after its final checkpoint, before the summary
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:  # and a line a kill cut short, as if written after
         f.write('{"step": 6, "good/lo')
     assert train.main(args)["resumed_from"].endswith("step-000005")  # the same command again: nothing left to run
@@ -204,6 +214,7 @@ def test_a_checkpoint_damaged_after_it_was_written_is_one_line_naming_it(damage,
                                                                          tmp_path):
     args = train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "2", "--save-every", "2"))
     train.main(args)
+    (tmp_path / "run" / "summary.json").unlink()  # as if killed after its final checkpoint, before the summary
     (latest,) = checkpoints.checkpoints(tmp_path / "run")
     if damage == "truncated trainer.pt":
         trainer = os.path.join(latest, "trainer.pt")
@@ -234,13 +245,33 @@ def test_a_damaged_reference_cache_is_computed_again(tiny_model_dir, tiny_pairs,
         assert torch.equal(load_file(cache)["logps"], intact) and again["final"] == first["final"]
 
 
-def test_steps_skipped_at_the_end_of_a_run_are_never_silent(tiny_model_dir, tiny_pairs, tmp_path, capsys):
-    # lr 1e30: the first update is finite but enormous, every later step is non-finite; fewer than --max-bad-steps
-    summary = train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--lr", "1e30",
-                                                "--steps", "3", "--max-bad-steps", "10")))
+def test_a_run_whose_steps_were_mostly_skipped_saves_no_policy_and_fails(tiny_model_dir, tiny_pairs, tmp_path):
+    # lr 1e30: the first update is finite but enormous, every later step non-finite; fewer than --max-bad-steps, but
+    # 2 of 3: a policy 1e30 away from the start was saved and the run exited 0 with a warning
+    out = tmp_path / "run"
+    with pytest.raises(command_line.TrainingError) as error:
+        train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--lr", "1e30", "--steps", "3",
+                                          "--max-bad-steps", "10")))
+    assert str(error.value) == ("2 of 3 steps were skipped for non-finite losses or gradients: the policy has "
+                                "diverged (is --lr 1e+30 too high?); no policy was saved")
+    assert not (out / "policy").exists() and not (out / "summary.json").exists()
+
+
+def test_steps_skipped_at_the_end_of_a_run_are_never_silent(tiny_model_dir, tiny_pairs, tmp_path, capsys,
+                                                            monkeypatch):
+    honest, calls = train.objective_losses, []
+
+    def nan_at_the_end(*args):  # the last two of five steps have a non-finite loss
+        losses, metrics = honest(*args)
+        calls.append(1)
+        return (losses * float("nan"), metrics) if len(calls) > 3 else (losses, metrics)
+
+    monkeypatch.setattr(train, "objective_losses", nan_at_the_end)
+    summary = train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "5",
+                                                "--max-bad-steps", "10")))
     assert summary["skipped_steps"] == 2
-    assert ("warning: 2 of 3 steps were skipped for non-finite losses or gradients, the last 2 in a row: the policy "
-            "has likely diverged (is --lr 1e+30 too high?); see skipped_steps in metrics.jsonl") \
+    assert ("warning: 2 of 5 steps were skipped for non-finite losses or gradients, the last 2 in a row: the policy "
+            "has likely diverged (is --lr 0.01 too high?); see skipped_steps in metrics.jsonl") \
         in capsys.readouterr().err
 
 

@@ -18,7 +18,7 @@ from harness.batches import tokenize_pairs
 from harness.models import load_model
 from harness.preference_data import load_pairs
 from test_models import sharpened
-from tiny import ROOT, tiny_config, tiny_llama, word_tokenizer
+from tiny import ROOT, WORDS, tiny_config, tiny_llama, word_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,9 @@ def test_bad_checkpoint_inputs_name_the_flag(tiny_model_dir, tiny_pairs, reward_
     other_vocabulary = str(tmp_path / "other-vocabulary")  # a reference that is some other model
     tiny_llama(vocab_size=60).save_pretrained(other_vocabulary)
     word_tokenizer().save_pretrained(other_vocabulary)
+    other_ids = str(tmp_path / "other-ids")  # as many tokens, but the same words under other ids
+    tiny_llama().save_pretrained(other_ids)
+    word_tokenizer(words=WORDS[:4] + WORDS[4:][::-1]).save_pretrained(other_ids)
     run = tmp_path / "run"
     train.main(train.parse_args(["--model", tiny_model_dir, "--data", tiny_pairs, "--objectives", "", "--steps", "1",
                                  "--batch-size", "4", "--out", str(run)]))
@@ -137,6 +140,9 @@ def test_bad_checkpoint_inputs_name_the_flag(tiny_model_dir, tiny_pairs, reward_
              (["--data", tiny_pairs, "--reference", other_vocabulary],
               f"--reference: {other_vocabulary} has a vocabulary of 60 tokens, the policy one of 49: it is not the "
               "model the policy came from"),
+             (["--data", tiny_pairs, "--reference", other_ids],  # once KL 122 and nonsense accuracies, exit 0
+              f"--reference: {other_ids} tokenizes the held-out text 'question hello' into other ids than the "
+              "policy's tokenizer does: it is not the model the policy came from"),
              (["--out", str(tmp_path)], f"--out: {tmp_path} is a directory; expected the path of a .json file"),
              (["--out", ""], "--out: empty; expected the path of a .json file"),
              (["--out", str(run / "summary.json")], f"--out: {run / 'summary.json'} is one of the run's own files; "

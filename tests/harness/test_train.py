@@ -67,6 +67,13 @@ UP_FRONT = [
     (["--seed", "-1"], "--seed: invalid value -1 (see --help)"),
     (["--seed", str(2 ** 63)], f"--seed: invalid value {2 ** 63} (see --help)"),
     (["--resume"], "--resume: {out} holds no run to resume"),
+    (["--max-length", "1"], "--max-length: invalid value 1 (see --help)"),
+    (["--max-length", "100"], "--max-prompt-length: 192, but a prompt must keep at least one token and leave one to "
+                              "the response within --max-length 100"),
+    (["--weight-decay", "1e6"], "--weight-decay: 1e+06 with --lr 0.0005 multiplies every weight by 1 - lr x "
+                                "weight_decay = -499 at each step; expected lr x weight_decay < 1"),
+    (["--lora-alpha", "0"], "--lora-alpha: invalid value 0 (see --help)"),
+    (["--lora-alpha", "-8", "--lora-r", "4"], "--lora-alpha: invalid value -8 (see --help)"),
 ]
 # Checked with the tokenizer and the data, before the weights load.
 BEFORE_THE_WEIGHTS = [
