@@ -1,6 +1,8 @@
 """Evaluate one trained policy against its reference.
 
     python eval.py --checkpoint out/train          # one policy vs its reference: held-out pairs, samples, KL
+    python eval.py --checkpoint out/train --sample "facts: the cat is happy . the dog is slow . summary:"
+                                                   # the policy's responses to your prompts (repeat it; - reads stdin)
     python eval.py --checkpoint out/pku --data PKU-Alignment/PKU-SafeRLHF --split test \
         --reward-models helpful=PATH_OR_ID,harmless=PATH_OR_ID      # real data: reward models score the samples
 
@@ -17,6 +19,7 @@ import functools
 import json
 import math
 import os
+import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -28,12 +31,13 @@ import train
 import world
 from harness.batches import pair_logps
 from harness.checks import check_config
-from harness.command_line import OneLineParser, UsageError, check_positive, check_sampling, run_command
+from harness.command_line import (THREADS_HELP, OneLineParser, UsageError, check_flags, check_positive, check_sampling,
+                                  run_command, use_threads)
 from harness.metrics import mean_se
 from harness.models import check_model_path, eval_mode, load_model, load_tokenizer, pick_device
 from harness.preference_data import load_pairs
 from harness.run_directory import check_writable, write_json
-from harness.sampling import evaluate_samples
+from harness.sampling import evaluate_samples, sample
 
 
 def parse_reward_models(spec, taken=()):
@@ -162,6 +166,7 @@ def evaluate_checkpoint(args):
         raise UsageError(f"--out: {out} is one of the run's own files; name another")
     check_writable(os.path.dirname(os.path.abspath(out)), "--out")  # now, not after the whole evaluation
     cfg, names, device = summary["config"], summary["objectives"], pick_device(args.device)
+    use_threads(args.threads, device)
     # names alone are not enough: MOA summarisation data has the world's objective names
     on_world = set(names) <= set(world.OBJECTIVES) and world.held_out_path(cfg.data) is not None
     source = args.data or (world.held_out_path(cfg.data) if on_world else None)
@@ -222,7 +227,8 @@ def parse_args(argv=None):
     p.add_argument("--data-format", default="auto", help="auto | signed | pku | moa (default: %(default)s)")
     p.add_argument("--split", default="test", help="split of a hub or directory data set (default: %(default)s)")
     p.add_argument("--pairs", type=int, default=512, help="held-out pairs at most (default: %(default)s)")
-    p.add_argument("--prompts", type=int, default=64, help="held-out prompts to sample (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=128, help="held-out prompts to sample, as many as train.py's "
+                                                               "--eval-prompts (default: %(default)s)")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: %(default)s, "
                                                                    "the paper's)")
@@ -232,15 +238,41 @@ def parse_args(argv=None):
                                                               "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP + " (default: %(default)s)")
     p.add_argument("--out", help="eval.json path (default: in the checkpoint)")
+    p.add_argument("--sample", action="append", metavar="PROMPT", help="only print the policy's responses to PROMPT "
+                   "(--samples of them, at --temperature); repeat it for more prompts; - reads prompts from stdin")
     args = p.parse_args(argv)
     check_positive(args, ("pairs", "prompts", "samples", "batch_size", "max_new_tokens"))
     check_sampling(args.temperature, [args.seed])
+    check_flags(args, [("threads", args.threads >= 0)])
     return args
 
 
+def sample_prompts(args):
+    """--sample: the policy's responses to the given prompts, --samples of each, printed; nothing else is done."""
+    prompts = [line.rstrip("\n") for text in args.sample
+               for line in (sys.stdin if text == "-" else [text]) if line.strip()]
+    if not prompts:
+        raise UsageError("--sample: no prompt given")
+    policy_dir = os.path.join(args.checkpoint, "policy")
+    if not os.path.isdir(policy_dir):
+        raise UsageError(f"--checkpoint: {args.checkpoint}: no policy/ to sample (is the run finished?)")
+    device = pick_device(args.device)
+    use_threads(args.threads, device)
+    tokenizer, policy = load_model(policy_dir, device, "--checkpoint")
+    texts, _ = sample(policy, tokenizer, prompts, args.samples, args.temperature, args.max_new_tokens, args.seed,
+                      args.batch_size)
+    for prompt, responses in zip(prompts, texts):
+        print(prompt)
+        for response in responses:
+            print(f"  {response}")
+    return texts
+
+
 def main(argv=None):
-    return evaluate_checkpoint(parse_args(argv))
+    args = parse_args(argv)
+    return sample_prompts(args) if args.sample else evaluate_checkpoint(args)
 
 
 if __name__ == "__main__":

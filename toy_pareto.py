@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cagrad import METHODS, coefficients
-from harness.command_line import OneLineParser, check_flags, run_command
+from harness.command_line import THREADS_HELP, OneLineParser, check_flags, run_command, use_threads
 from harness.run_directory import check_writable
 
 Claim = namedtuple("Claim", "name passed detail")
@@ -405,10 +405,13 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=1000, help="toy: Adam steps per run (500 with --quick)")
     parser.add_argument("--lr", type=float, default=0.3, help="toy: Adam's peak learning rate (cosine decay to 0)")
     parser.add_argument("--beta2", type=float, default=0.9, help="toy: Adam's second-moment decay (see run_cagrad_toy)")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(argv)
     check_flags(args, [("c", 0 <= args.c < 1), ("eta_scale", 0 < args.eta_scale <= 1),
                        ("seeds", args.seeds > 0),  # --seeds 0 would check nothing and pass
-                       ("steps", args.steps > 0), ("lr", 0 < args.lr < math.inf), ("beta2", 0 <= args.beta2 < 1)])
+                       ("steps", args.steps > 0), ("lr", 0 < args.lr < math.inf), ("beta2", 0 <= args.beta2 < 1),
+                       ("threads", args.threads >= 0)])
+    use_threads(args.threads)  # every tensor here is tiny: on a small CPU, intra-op threads cost more than they save
     check_writable(args.out)
     started = time.time()
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -445,5 +448,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)  # every tensor here is tiny: on a small CPU, intra-op threads cost more than they save
     sys.exit(run_command(main))

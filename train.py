@@ -32,7 +32,7 @@ import dpo
 import world
 from harness.batches import autocast, batches, collate
 from harness.checks import TRAIN_METHODS, check_model, load_training_pairs
-from harness.command_line import parse_config, run_command
+from harness.command_line import THREADS_HELP, parse_config, run_command
 from harness.models import load_model, load_tokenizer
 from harness.reference import policy_and_reference
 from harness.run import Run
@@ -70,6 +70,7 @@ class Config:
         "help": "clip the combined direction's norm (0 = off); rescales d, never turns it"})
     seed: int = field(default=42, metadata={"help": "data order and sampling"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    threads: int = field(default=1, metadata={"help": THREADS_HELP})
     dtype: str = field(default="float32", metadata={
         "help": "float32 | bfloat16 (bf16 autocast over float32 weights; no fp16 loss scaling)"})
     gradient_checkpointing: bool = field(default=False, metadata={
@@ -83,9 +84,13 @@ class Config:
         "help": "the reference's log-probs of every pair once, cached in --out; frees the reference"})
     gram_layers: int = field(default=0, metadata={
         "help": "> 0: the Gram matrix from the last K transformer blocks only (see harness/scale.py)"})
+    allow_unknown_tokens: bool = field(default=False, metadata={
+        "help": "train even when over a quarter of the data's tokens are unknown to the model's tokenizer"})
     eval_prompts: int = field(default=128, metadata={
         "help": "held-out world prompts sampled before/after training (0 = skip)"})
     log_every: int = field(default=5, metadata={"help": "steps averaged into each line of metrics.jsonl"})
+    report_to: str = field(default="none", metadata={
+        "help": "none | tensorboard | wandb (or both, comma-separated): where metrics.jsonl's lines go too"})
     save_every: int = field(default=100, metadata={"help": "steps between checkpoints in --out/checkpoints (0 = none)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many of the latest checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its latest checkpoint"})

@@ -243,23 +243,38 @@ def exact_front(objectives=("quality", "conciseness"), prompts=None):
 
 def evaluate(model, tokenizer, names, weights, num_prompts, seed=0, reference=None):
     """On num_prompts held-out prompts: the mean exact scores of fresh samples (4 per prompt, temperature 0.6) with
-    standard errors, the weighted score, KL(model || reference) given one (else 0: the reference itself), and
-    "to_front": how much more of both names[0] and names[1] the exact front offers (metrics.front_gain_2d)."""
+    standard errors, the weighted score, KL(model || reference) given one (else 0: the reference itself),
+    "to_front": how much more of both names[0] and names[1] the exact front offers (metrics.front_gain_2d), and
+    "examples": the first response to each of the first prompts (the same prompts for every model)."""
     prompts = eval_prompts(num_prompts)
-    scores, _ = evaluate_samples(model, tokenizer, prompts, score, seed=seed, reference=reference)
+    scores, examples = evaluate_samples(model, tokenizer, prompts, score, seed=seed, reference=reference)
     scores["weighted"] = sum(w * scores[name] for w, name in zip(weights, names))
     scores.setdefault("kl", 0.0)
     if len(names) > 1:
         front = [v[:2] for v in exact_front(names[:2], prompts)]
         scores["to_front"] = front_gain_2d((scores[names[0]], scores[names[1]]), front)
+    scores["examples"] = [{"prompt": e["prompt"], "response": e["response"]} for e in examples]
     return scores
 
 
-def print_comparison(before, after, names):
-    """The reference's and the trained policy's scores side by side."""
+def print_comparison(before, after, names, weights, examples=3):
+    """The reference's and the trained policy's scores side by side, what each column is, and both models' first
+    responses to the same held-out prompts."""
     keys = list(names) + ["weighted", "well_formed", "words", "kl"] + (["to_front"] if "to_front" in after else [])
     print(f"{'held-out samples':<18}" + "".join(f"{k:>13}" for k in keys))
     for label, scores in (("reference", before), ("trained policy", after)):
         print(f"{label:<18}" + "".join(f"{scores[k]:>13.3f}" for k in keys))
+    print(f"{', '.join(names)}: exact scores (world.py), the mean over {after['samples']} responses "
+          "(4 per held-out prompt, temperature 0.6)")
+    print(f"weighted: {' + '.join(f'{w:g} x {n}' for w, n in zip(weights, names))}; well_formed: the share the "
+          "world's grammar reads (others score 0)")
+    print("words: per response; kl: KL(policy || reference), the mean of log pi - log pi_ref over its own samples "
+          "at temperature 1")
     if "to_front" in after:
-        print(f"(to_front: how much more of both {names[0]} and {names[1]} the world's exact front offers)")
+        print(f"to_front: how much more of both {names[0]} and {names[1]} the world's exact front offers")
+    pairs = list(zip(before.get("examples", []), after.get("examples", [])))[:examples]
+    if pairs:
+        print("\nthe first response of each model to the same held-out prompts:")
+    for reference, policy in pairs:
+        print(f"{reference['prompt']}\n  reference       {reference['response']}\n"
+              f"  trained policy  {policy['response']}")

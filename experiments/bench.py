@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script, python experiments/bench.py: t
 import dpo
 from cagrad import coefficients
 from harness.batches import tokenize_pairs
-from harness.command_line import OneLineParser, check_positive, run_command
+from harness.command_line import THREADS_HELP, OneLineParser, check_flags, check_positive, run_command, use_threads
 from harness.models import load_model, pick_device
 from harness.preference_data import load_pairs
 from harness.scale import ScaledBackward
@@ -152,7 +152,8 @@ def peak_memory(method, device, gram_layers=0):
     """Peak memory of a step (bytes): CUDA's allocator peak here; on CPU the peak resident size of a fresh process
     (Linux), which includes the interpreter and the model for every method alike."""
     if device.type == "cpu":
-        child = subprocess.run([sys.executable, __file__, "--memory-of", method, "--gram-layers", str(gram_layers)],
+        child = subprocess.run([sys.executable, __file__, "--memory-of", method, "--gram-layers", str(gram_layers),
+                                "--threads", "1"],
                                capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         return json.loads(child.stdout.strip().splitlines()[-1])["peak"]
     model, batch, _ = bench_model(device)
@@ -251,11 +252,15 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
     parser.add_argument("--only", choices=["solver", "step", "subset", "logps"], help="one part only")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per method (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + "; here the default is 0: what the "
+                                                                            "machine can do (default: %(default)s)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a child process measuring one method's peak
     parser.add_argument("--gram-layers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     check_positive(args, ("rounds",))
+    check_flags(args, [("threads", args.threads >= 0)])
     device = pick_device(args.device)
+    use_threads(args.threads, device)
     if args.memory_of:
         model, batch, _ = bench_model(device)
         step = Step(model, batch, args.memory_of, args.gram_layers)

@@ -16,6 +16,7 @@ import csv
 import math
 import os
 import sys
+import textwrap
 import time
 
 if __package__ in (None, ""):  # run as a script, python experiments/frontier.py: the project's modules are one up
@@ -59,6 +60,7 @@ def run_points(cfg, shared, args, names):
 
 
 def run_frontier(args):
+    from tqdm import tqdm
     started = time.time()
     shared = pareto.prepare(args, QUICK, FULL, minimum=1)
     names, grid, seeds = shared["names"], shared["grid"], shared["seeds"]
@@ -69,23 +71,28 @@ def run_frontier(args):
     if not lrs or not all(0 < lr < math.inf for lr in lrs) or not 1 <= args.points <= args.steps:
         raise UsageError(f"--lrs, --points: expected positive learning rates and 1 <= points <= steps, got "
                          f"{args.lrs!r}, {args.points}")
-    rows = [{"method": "reference", "lr": 0.0, "seed": seed, "step": 0,
-             **pareto.evaluate_policy(shared["reference"], shared["reference"], shared["tokenizer"],
-                                      shared["eval_pairs"], shared["prompts"], args,
-                                      pareto.train_config(args, names, seed=seed), shared["device"], names)}
-            for seed in seeds]
+    with pareto.quietly():
+        rows = [{"method": "reference", "lr": 0.0, "seed": seed, "step": 0,
+                 **pareto.evaluate_policy(shared["reference"], shared["reference"], shared["tokenizer"],
+                                          shared["eval_pairs"], shared["prompts"], args,
+                                          pareto.train_config(args, names, seed=seed), shared["device"], names)}
+                for seed in seeds]
     runs = [(m, w, lr, seed) for seed in seeds for m in shared["methods"] for w in grid for lr in lrs]
-    for k, (method, w, lr, seed) in enumerate(runs, 1):
+    progress, reused_runs = tqdm(runs, desc="frontier", unit="run", dynamic_ncols=True), 0
+    for method, w, lr, seed in progress:
         tag = "-".join(f"{x:g}" for x in w)
         cfg = pareto.train_config(args, names, method=method, weights=",".join(f"{x:g}" for x in w), seed=seed,
                                   lr=lr, save_every=max(1, args.steps // args.points), keep_checkpoints=args.points,
                                   out=os.path.join(args.out, "runs", f"{method}-w{tag}-lr{lr:g}-s{seed}"))
-        run_started = time.time()
-        points, reused = run_points(cfg, shared, args, names)
+        with pareto.quietly():
+            points, reused = run_points(cfg, shared, args, names)
         rows += points
-        print(f"\n[{k}/{len(runs)}] {method} w=({tag}) lr {lr:g} seed {seed}: kl "
-              + ", ".join(f"{p['kl']:.2f}" for p in points)
-              + f" ({'reused' if reused else f'{time.time() - run_started:.0f} s'})", flush=True)
+        reused_runs += reused
+        progress.set_postfix_str(f"{method} w=({tag}) lr {lr:g} seed {seed}: kl "
+                                 + ", ".join(f"{p['kl']:.2f}" for p in points))
+    progress.close()
+    if reused_runs:
+        print(f"{reused_runs} of {len(runs)} runs reused from {os.path.join(args.out, 'runs')}")
     report = write_report(rows, shared, lrs, args)
     print(report)
     plot_frontiers(rows, shared, os.path.join(args.out, "frontier.png"))
@@ -163,7 +170,8 @@ def plot_frontiers(rows, shared, path):
     import matplotlib.pyplot as plt
     names, grid, seeds, methods = shared["names"], shared["grid"], shared["seeds"], shared["methods"]
     panels = ["weighted"] + list(names)
-    fig, axes = plt.subplots(len(panels), len(grid), figsize=(4.5 * len(grid), 3.2 * len(panels)), squeeze=False)
+    width = max(6.0, 4.5 * len(grid))
+    fig, axes = plt.subplots(len(panels), len(grid), figsize=(width, 3.2 * len(panels)), squeeze=False)
     colours = dict(zip(TRAIN_METHODS, ("tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple",
                                              "tab:brown")))
     for col, w in enumerate(grid):
@@ -187,8 +195,9 @@ def plot_frontiers(rows, shared, path):
             axes[row, col].grid(alpha=0.3)
         axes[0, col].set_title(f"weights {':'.join(f'{x:g}' for x in w)}")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Frontiers: the best weighted score at KL <= k (lines: mean over seeds, band: standard error; "
-                 "dots: every scored checkpoint)", fontsize=9)
+    spread = f"lines: mean over {len(seeds)} seeds, band: standard error" if len(seeds) > 1 else "one seed"
+    fig.suptitle(textwrap.fill(f"Frontiers: the best weighted score at KL <= k ({spread}; dots: every scored "
+                               "checkpoint)", width=int(width * 15)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -196,7 +205,7 @@ def plot_frontiers(rows, shared, path):
 
 def parse_args(argv=None):
     p = OneLineParser(description=__doc__.split("\n\n")[0])
-    pareto.add_arguments(p)
+    pareto.add_arguments(p, QUICK, FULL)
     p.add_argument("--lrs", help=f"learning rates (default: {FULL['lrs']}; quick {QUICK['lrs']})")
     p.add_argument("--sweep", help=f"weights: of the first objective, or colon-separated vectors (default: "
                                    f"{FULL['sweep']}; quick {QUICK['sweep']})")

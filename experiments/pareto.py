@@ -16,17 +16,18 @@ CAGrad and RACO when the clip matters: how often the dual is interior, how often
 the cosine between the RACO and CAGrad directions, and the cosine between the objectives' gradients.
 Runs already trained are reused, so an interrupted sweep continues.
 """
+import contextlib
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import torch
 
 if __package__ in (None, ""):  # run as a script, python experiments/pareto.py: the project's modules are one up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,9 +36,10 @@ import train
 import world
 from eval import pair_metrics
 from harness.checks import TRAIN_METHODS, check_config
-from harness.command_line import OneLineParser, UsageError, check_positive, check_sampling, run_command
+from harness.command_line import (THREADS_HELP, OneLineParser, UsageError, check_flags, check_positive, check_sampling,
+                                  run_command, use_threads)
 from harness.metrics import (fraction_dominated, front_gain_2d, front_hypervolume_2d, hypervolume_2d, hypervolume_3d,
-                             mean_std, spearman)
+                             mean_std, pareto_front, spearman)
 from harness.models import load_model, pick_device
 from harness.preference_data import load_pairs
 from harness.run_directory import check_writable, input_fingerprints, resumable, same_settings, write_json
@@ -172,8 +174,7 @@ def prepare(args, quick=QUICK, full=FULL, minimum=2):
     check_config(train_config(args, names, out=args.out))
     inputs = [args.data, eval_data] + [os.path.join(args.model, f) for f in os.listdir(args.model)]
     device = pick_device(args.device)
-    if device.type == "cpu":  # the world's model is tiny: a second thread saves little, and on a busy machine
-        torch.set_num_threads(args.threads)  # threads waiting for each other made every step 5-50x slower
+    use_threads(args.threads, device)
     tokenizer, reference = load_model(args.model, device)
     eval_pairs, _ = load_pairs(eval_data, "auto", names, tokenizer, limit=args.pairs)
     prompts = world.eval_prompts(args.prompts)
@@ -182,32 +183,54 @@ def prepare(args, quick=QUICK, full=FULL, minimum=2):
                 inputs_time=max(os.path.getmtime(p) for p in inputs), front=world.exact_front(names, prompts))
 
 
+@contextmanager
+def quietly():
+    """What each run of a sweep prints -- progress bars, warnings, where it wrote its files -- is kept from the
+    terminal, where the sweep's one progress bar and, at the end, its table stand; a run that fails shows its lines."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    except BaseException:
+        lines = [line for line in buffer.getvalue().split("\n") if line.strip() and "\r" not in line]
+        sys.stderr.write("".join(line + "\n" for line in lines[-20:]))
+        raise
+
+
 def run_pareto(args):
+    from tqdm import tqdm
     started = time.time()
     s = prepare(args)
     names, grid, seeds = s["names"], s["grid"], s["seeds"]
-    rows = [{"method": "reference", "seed": seed, "steps": 0, **{f"w_{n}": math.nan for n in names},
-             **evaluate_policy(s["reference"], s["reference"], s["tokenizer"], s["eval_pairs"], s["prompts"], args,
-                               train_config(args, names, seed=seed), s["device"], names),
-             "train_s": 0.0} for seed in seeds]  # the same prompts and sampling seeds as each seed's runs
+    with quietly():
+        rows = [{"method": "reference", "seed": seed, "steps": 0, **{f"w_{n}": math.nan for n in names},
+                 **evaluate_policy(s["reference"], s["reference"], s["tokenizer"], s["eval_pairs"], s["prompts"],
+                                   args, train_config(args, names, seed=seed), s["device"], names),
+                 "train_s": 0.0} for seed in seeds]  # the same prompts and sampling seeds as each seed's runs
     runs = [(m, w, seed) for seed in seeds for m in s["methods"] for w in grid]
-    for k, (method, w, seed) in enumerate(runs, 1):
+    progress, reused_runs = tqdm(runs, desc="sweep", unit="run", dynamic_ncols=True), 0
+    for method, w, seed in progress:
         tag = "-".join(f"{x:g}" for x in w)
         cfg = train_config(args, names, method=method, weights=",".join(f"{x:g}" for x in w), seed=seed,
                            out=os.path.join(args.out, "runs", f"{method}-w{tag}-s{seed}"))
-        run_started = time.time()
-        row, reused = sweep_point(cfg, s["tokenizer"], s["reference"], s["eval_pairs"], s["prompts"], args,
-                                  s["device"], s["inputs_time"], names)
+        with quietly():
+            row, reused = sweep_point(cfg, s["tokenizer"], s["reference"], s["eval_pairs"], s["prompts"], args,
+                                      s["device"], s["inputs_time"], names)
         rows.append(row)
-        print(f"\n[{k}/{len(runs)}] {method} w=({tag}) seed {seed}: "
-              + " ".join(f"{n} {row[n]:.3f}" for n in names) + f" kl {row['kl']:.3f} "
-              f"({'reused' if reused else f'{time.time() - run_started:.0f} s'})", flush=True)
+        reused_runs += reused
+        progress.set_postfix_str(f"{method} w=({tag}) seed {seed}: "
+                                 + " ".join(f"{n} {row[n]:.3f}" for n in names) + f" kl {row['kl']:.3f}")
+    progress.close()
+    if reused_runs:
+        print(f"{reused_runs} of {len(runs)} runs reused from {os.path.join(args.out, 'runs')}")
     stats = analyse(rows, s["methods"], names, grid, seeds, s["front"])
     print(write_report(rows, stats, s["methods"], names, grid, seeds, s["front"], args))
+    written = ["pareto.csv", "pareto.md", "pareto.png"]
     plot_fronts(rows, stats, s["methods"], names, grid, s["front"], os.path.join(args.out, "pareto.png"))
     if "raco" in s["methods"]:
         plot_clip(rows, names, grid, os.path.join(args.out, "clip.png"))
-    print(f"sweep done in {time.time() - started:.0f} s: {args.out}/pareto.csv, pareto.md, pareto.png")
+        written.append("clip.png")
+    print(f"sweep done in {time.time() - started:.0f} s: {args.out}/{', '.join(written)}")
     return rows, stats
 
 
@@ -280,9 +303,9 @@ def write_report(rows, stats, methods, names, grid, seeds, front, args):
              + "|"]
     for m in methods:
         kl = [sum(r["kl"] for r in rows if (r["method"], r["seed"]) == (m, s)) / len(grid) for s in seeds]
+        fidelity = ["(ignores weights)" if m == "mgda" else fmt(stats[f"fidelity_{n}"][m]) for n in names]
         lines.append(f"| {m} | {fmt(stats['hypervolume'][m])} | {fmt(stats['share'][m])} | "
-                     f"{fmt(stats['gain'][m])} | " + " | ".join(fmt(stats[f"fidelity_{n}"][m]) for n in names)
-                     + f" | {fmt(kl, 2)} |")
+                     f"{fmt(stats['gain'][m])} | " + " | ".join(fidelity) + f" | {fmt(kl, 2)} |")
     ref = [r for r in rows if r["method"] == "reference"]
     gain = [front_gain_2d((r[names[0]], r[names[1]]), [v[:2] for v in front]) for r in ref]
     lines += ["", "Reference model: " + ", ".join(f"{n} {fmt([r[n] for r in ref])}" for n in names)
@@ -316,37 +339,67 @@ def write_report(rows, stats, methods, names, grid, seeds, front, args):
     return "\n".join(lines)
 
 
+MARKERS = "osD^vPX*hp"  # one per weight vector of the sweep
+LINES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)))  # one per method: lines on top of each other show
+
+
+def weight_label(w):
+    return ":".join(f"{v:.2g}" for v in w)
+
+
 def plot_fronts(rows, stats, methods, names, grid, front, path):
-    """Each method's front in the first two objectives (mean over seeds, std bars, points labelled by their
-    weights), the reference model and the world's exact front."""
+    """Each method's points in the first two objectives (means over seeds, std bars where there are several seeds),
+    its non-dominated points joined as its front, the reference model and the world's exact front; on the right the
+    same, zoomed onto the methods' fronts. A method has a colour and a line style; a weight vector has a marker,
+    named in the second legend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     x, y = names[0], names[1]
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    ax.plot(*zip(*[(v[0], v[1]) for v in front]), "k-", lw=2.5, label=f"exact front (hypervolume {stats['exact']:.3f})")
-    for m in methods:
-        points = [[r for r in rows if r["method"] == m and tuple(r[f"w_{n}"] for n in names) == w] for w in grid]
-        xs, x_std = zip(*[mean_std([r[x] for r in p]) for p in points])
-        ys, y_std = zip(*[mean_std([r[y] for r in p]) for p in points])
-        # three objectives: no line, the design's order is no path along a front
-        line = ax.errorbar(xs, ys, xerr=x_std, yerr=y_std, marker="o", ms=4, capsize=2, lw=1.2,
-                           ls="-" if len(names) == 2 else "none",
-                           label=f"{m} (hypervolume {fmt(stats['hypervolume'][m])}, {fmt(stats['share'][m], 2)} of "
-                                 "exact)")
-        for w, a, b in zip(grid, xs, ys):
-            ax.annotate(":".join(f"{v:g}" for v in w), (a, b), xytext=(3, 3), textcoords="offset points",
-                        fontsize=6, color=line[0].get_color())
+    seeds = len({r["seed"] for r in rows if r["method"] != "reference"})
     ref = [r for r in rows if r["method"] == "reference"]
-    ax.plot(mean_std([r[x] for r in ref])[0], mean_std([r[y] for r in ref])[0], "k*", ms=14, label="reference model")
-    ax.set(xlabel=f"{x} (exact score of samples)", ylabel=f"{y} (exact score of samples)", xlim=(0, 1.02),
-           ylim=(0, 0.8))
-    ax.set_title("Fronts over the weight sweep (labels: weights; bars: std over seeds) and the world's exact front"
-                 + (f"; projection of {len(names)} objectives" if len(names) > 2 else ""), fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 5.4), gridspec_kw={"width_ratios": [1, 1]})
+    fronts = []
+    for ax in axes:
+        ax.plot(*zip(*[(v[0], v[1]) for v in front]), "k-", lw=2.5,
+                label=f"exact front (hypervolume {stats['exact']:.3f})")
+        for k, m in enumerate(methods):
+            colour = f"C{k}"
+            points = [[r for r in rows if r["method"] == m and tuple(r[f"w_{n}"] for n in names) == w] for w in grid]
+            means = [tuple(mean_std([r[key] for r in p])[0] for key in names) for p in points]
+            spreads = [tuple(mean_std([r[key] for r in p])[1] for key in (x, y)) for p in points]
+            on_front = pareto_front(means)
+            fronts += on_front
+            for mean, spread, marker in zip(means, spreads, MARKERS):
+                ax.errorbar(mean[0], mean[1], xerr=spread[0] if seeds > 1 else None,
+                            yerr=spread[1] if seeds > 1 else None, marker=marker, ms=6, color=colour, capsize=2,
+                            lw=0.8, alpha=1.0 if mean in on_front else 0.35,
+                            mfc=colour if mean in on_front else "none")
+            if len(names) == 2:  # three objectives: the 2-D projection of a 3-D front is no line
+                ax.plot(*zip(*sorted((p[0], p[1]) for p in on_front)), ls=LINES[k % len(LINES)], color=colour,
+                        lw=1.6, alpha=0.85)
+            ax.plot([], [], ls=LINES[k % len(LINES)], color=colour, label=f"{m}: hypervolume "
+                    f"{fmt(stats['hypervolume'][m])}\n({fmt(stats['share'][m], 2)} of the exact front's)")
+        ax.plot(mean_std([r[x] for r in ref])[0], mean_std([r[y] for r in ref])[0], "k*", ms=14,
+                label="reference model")
+        ax.set(xlabel=f"{x} (exact score of samples)", ylabel=f"{y} (exact score of samples)")
+        ax.grid(alpha=0.3)
+    axes[0].set(xlim=(0, 1.02), ylim=(0, 0.8))
+    xs, ys = [p[0] for p in fronts], [p[1] for p in fronts]
+    axes[1].set(xlim=(min(xs) - 0.03, max(xs) + 0.03), ylim=(min(ys) - 0.03, max(ys) + 0.03))
+    spread = f"bars: std over {seeds} seeds" if seeds > 1 else "one seed"
+    axes[0].set_title(f"Each method's points (filled: on its front), {spread}"
+                      + (f"; a projection of {len(names)} objectives" if len(names) > 2 else ""), fontsize=9)
+    axes[1].set_title("the same, zoomed onto the methods' fronts", fontsize=9)
+    methods_legend = axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="methods",
+                                    title_fontsize=8)
+    axes[1].add_artist(methods_legend)
+    axes[1].legend(handles=[Line2D([], [], ls="", marker=marker, color="grey", label=weight_label(w))
+                            for w, marker in zip(grid, MARKERS)], fontsize=7, loc="lower left",
+                   bbox_to_anchor=(1.02, 0.0), title=f"weights ({':'.join(names)})", title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=100, bbox_inches="tight", bbox_extra_artists=[methods_legend])  # legends outside the axes
     plt.close(fig)
 
 
@@ -376,7 +429,7 @@ def plot_clip(rows, names, grid, path):
         mean, std = found
         right.errorbar(ticks, mean, yerr=std, fmt="o-", capsize=3, color="tab:red")
     for ax in (left, right):
-        ax.set_xticks(ticks, [":".join(f"{v:g}" for v in w) for w in grid], fontsize=7)
+        ax.set_xticks(ticks, [weight_label(w) for w in grid], fontsize=7, rotation=30 if len(names) > 2 else 0)
         ax.set_xlabel(f"weights ({':'.join(names)})")
         ax.grid(alpha=0.3)
     left.axhline(0, color="grey", lw=0.5)
@@ -393,14 +446,14 @@ def plot_clip(rows, names, grid, path):
 # ----------------------------------------------------------------------------- command line
 
 
-def add_arguments(p):
-    """The flags the sweep and the frontier command share."""
+def add_arguments(p, quick=QUICK, full=FULL):
+    """The flags the sweep and the frontier command share; `quick` and `full`: the command's own presets."""
     p.add_argument("--quick", action="store_true", help="in miniature")
-    p.add_argument("--methods", help=f"methods (default: {FULL['methods']})")
+    p.add_argument("--methods", help=f"methods (default: {full['methods']})")
     p.add_argument("--objectives", default="quality,conciseness", help="two or three of the world's objectives "
                                                                        "(default: %(default)s)")
-    p.add_argument("--seeds", help=f"training seeds (default: {FULL['seeds']}; quick {QUICK['seeds']})")
-    p.add_argument("--steps", type=int, help=f"steps per run (default: {FULL['steps']}; quick {QUICK['steps']})")
+    p.add_argument("--seeds", help=f"training seeds (default: {full['seeds']}; quick {quick['seeds']})")
+    p.add_argument("--steps", type=int, help=f"steps per run (default: {full['steps']}; quick {quick['steps']})")
     p.add_argument("--lr", type=float, default=train.Config.lr, help="learning rate (default: %(default)s)")
     p.add_argument("--beta", type=float, default=train.Config.beta, help="DPO temperature (default: %(default)s)")
     p.add_argument("--micro-batch", type=int, default=train.Config.batch_size, help="pairs per micro-batch "
@@ -410,23 +463,24 @@ def add_arguments(p):
     p.add_argument("--model", default=train.Config.model, help="the reference model (default: %(default)s)")
     p.add_argument("--data", default=train.Config.data, help="training pairs (default: %(default)s; the held-out "
                                                              "pairs are world_eval.jsonl beside it)")
-    p.add_argument("--pairs", type=int, help=f"held-out pairs at most (default: {FULL['pairs']}; quick "
-                                             f"{QUICK['pairs']})")
-    p.add_argument("--prompts", type=int, help=f"held-out prompts to sample (default: {FULL['prompts']}; quick "
-                                               f"{QUICK['prompts']})")
-    p.add_argument("--samples", type=int, help=f"samples per prompt (default: {FULL['samples']}; quick "
-                                               f"{QUICK['samples']})")
+    p.add_argument("--pairs", type=int, help=f"held-out pairs at most (default: {full['pairs']}; quick "
+                                             f"{quick['pairs']})")
+    p.add_argument("--prompts", type=int, help=f"held-out prompts to sample (default: {full['prompts']}; quick "
+                                               f"{quick['prompts']})")
+    p.add_argument("--samples", type=int, help=f"samples per prompt (default: {full['samples']}; quick "
+                                               f"{quick['samples']})")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: %(default)s, "
                                                                    "the paper's)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per sample at most (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="pairs or prompts per evaluation forward or generate "
                                                               "call (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP + " (default: %(default)s)")
 
 
 def check_arguments(args):
-    check_positive(args, ("pairs", "prompts", "samples", "steps", "batch_size", "max_new_tokens", "threads"))
+    check_positive(args, ("pairs", "prompts", "samples", "steps", "batch_size", "max_new_tokens"))
+    check_flags(args, [("threads", args.threads >= 0)])
     check_sampling(args.temperature, [])
     check_writable(args.out)
     return args

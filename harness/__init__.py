@@ -13,6 +13,7 @@ dpo.py, cagrad.py, dual_solver.py and raco.py import nothing from here; train.py
     models.py         loading a model (checked), LoRA, FSDP2 sharding, gradient checkpointing
     batches.py        preference pairs tokenised into batches for one forward pass; the micro-batch stream
     preference_data.py  pairs from signed / PKU-SafeRLHF / MOA files, local or from the hub
+    reporting.py      --report-to tensorboard / wandb, and the curves.png every run ends with
     sampling.py       sampling a policy, the log-probs of its samples, mean scores with errors, KL
     metrics.py        the reported numbers as pure functions: standard errors, KL, Spearman, exact hypervolumes
 """

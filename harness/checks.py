@@ -11,8 +11,10 @@ from harness.command_line import SEED_LIMIT, UsageError, check_flags
 from harness.distributed import launched_by_torchrun
 from harness.models import pick_device, transformer_blocks
 from harness.preference_data import DataError, first_line, load_pairs
+from harness.reporting import parse_report_to
 
 TRAIN_METHODS = METHODS + ("amopo",)  # AMoPO changes the loss, not the combination: its losses are weighted (lw)
+UNKNOWN_WARNED, UNKNOWN_REFUSED = 0.01, 0.25  # shares of the data's tokens that the tokenizer maps to its unknown token
 
 
 def parse_weights(text, num_objectives=None):
@@ -36,6 +38,7 @@ def check_config(cfg):
     if not 0.0 <= cfg.c < 1.0:
         raise UsageError(f"--c: expected a value in [0, 1), got {cfg.c}")
     parse_weights(cfg.weights)
+    parse_report_to(cfg.report_to)
     check_flags(cfg, [("beta", 0 < cfg.beta < math.inf), ("lr", 0 < cfg.lr < math.inf), ("steps", cfg.steps > 0),
                       ("batch_size", cfg.batch_size > 0), ("grad_accum", cfg.grad_accum > 0),
                       ("lora_r", cfg.lora_r >= 0), ("lora_alpha", cfg.lora_alpha > 0),
@@ -45,7 +48,8 @@ def check_config(cfg):
                       ("log_every", cfg.log_every > 0), ("save_every", cfg.save_every >= 0),
                       ("keep_checkpoints", cfg.keep_checkpoints > 0), ("max_bad_steps", cfg.max_bad_steps > 0),
                       ("solve_per", cfg.solve_per in ("step", "micro_batch")), ("gram_layers", cfg.gram_layers >= 0),
-                      ("dtype", cfg.dtype in ("float32", "bfloat16")), ("seed", 0 <= cfg.seed < SEED_LIMIT)])
+                      ("dtype", cfg.dtype in ("float32", "bfloat16")), ("seed", 0 <= cfg.seed < SEED_LIMIT),
+                      ("threads", cfg.threads >= 0)])
     if not 0 < cfg.max_prompt_length < cfg.max_length:
         raise UsageError(f"--max-prompt-length: {cfg.max_prompt_length}, but a prompt must keep at least one token and "
                          f"leave one to the response within --max-length {cfg.max_length}")
@@ -76,7 +80,7 @@ def load_training_pairs(cfg, tokenizer, run):
         if not ids:
             raise DataError(f"{pair.where}: empty prompt, and the tokenizer adds no BOS: the first response token "
                             "would have nothing to be predicted from")
-    tokenizes(pairs, tokenizer)
+    check_tokens(cfg, pairs, tokenizer, run)
     identical = [p.where for p in pairs if p.response_a == p.response_b]
     if identical and run.main_process:
         print(f"warning: {len(identical)} of {len(pairs)} pairs have identical responses and teach nothing "
@@ -91,14 +95,17 @@ def load_training_pairs(cfg, tokenizer, run):
     return pairs, names, weights
 
 
-def tokenizes(pairs, tokenizer, chunk=1024):
-    """Every response goes through the tokenizer now, before anything is written, rather than in the middle of
-    training: what it cannot take is one line naming the pair."""
+def check_tokens(cfg, pairs, tokenizer, run, chunk=1024):
+    """Every prompt and response goes through the tokenizer now, before anything is written, rather than in the
+    middle of training: what it cannot take is one line naming the pair. Text the tokenizer does not know becomes its
+    unknown token: a warning when some of the data is, a refusal when much is (English pairs on the embedded world's
+    word-level tokenizer, say), unless --allow-unknown-tokens."""
+    unknown, total = 0, 0
     for start in range(0, len(pairs), chunk):
         part = pairs[start:start + chunk]
-        for field in ("response_a", "response_b"):
+        for field in ("prompt", "response_a", "response_b"):
             try:
-                tokenizer([getattr(p, field) for p in part], add_special_tokens=False)
+                rows = tokenizer([getattr(p, field) for p in part], add_special_tokens=False)["input_ids"]
             except Exception as error:  # a tokenizer's own error types vary; the pair at fault is found one by one
                 for pair in part:
                     try:
@@ -107,6 +114,16 @@ def tokenizes(pairs, tokenizer, chunk=1024):
                         raise DataError(f"{pair.where}: the tokenizer cannot read field '{field}' "
                                         f"({type(error).__name__}: {first_line(error)})") from None
                 raise
+            total += sum(len(row) for row in rows)
+            unknown += sum(token == tokenizer.unk_token_id for row in rows for token in row)
+    share = unknown / max(total, 1)
+    if share > UNKNOWN_REFUSED and not cfg.allow_unknown_tokens:
+        raise UsageError(f"--data: {share:.0%} of its tokens are unknown to the tokenizer of {cfg.model} "
+                         f"({tokenizer.unk_token}): the model would learn from placeholders; pass a --model whose "
+                         "tokenizer knows this text, or --allow-unknown-tokens to train anyway")
+    if share > UNKNOWN_WARNED and run.main_process:
+        print(f"warning: {share:.1%} of the data's tokens are unknown to the tokenizer of {cfg.model} "
+              f"({tokenizer.unk_token})", file=sys.stderr)
 
 
 def check_model(cfg, policy):

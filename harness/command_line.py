@@ -27,6 +27,17 @@ class TrainingError(RuntimeError):
 INPUT_ERRORS = (UsageError, DataError, ModelError, RunError)
 
 
+THREADS_HELP = ("CPU threads for torch (0: torch's default, every core). 1 serves the embedded world's tiny model "
+                "best, idle or busy; larger models on an idle CPU gain from more, on a shared one lose (docs/scale.md)")
+
+
+def use_threads(threads, device=None):
+    """--threads, where torch computes on the CPU."""
+    import torch
+    if threads > 0 and (device is None or device.type == "cpu"):
+        torch.set_num_threads(threads)
+
+
 SEED_LIMIT = 2 ** 63  # seeds are non-negative and below this (torch.manual_seed's range)
 MIN_TEMPERATURE = 1e-4  # sampling temperatures at least this: logits / temperature must stay finite
 

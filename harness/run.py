@@ -27,9 +27,10 @@ import torch
 import world
 from harness import checkpoints, distributed
 from harness.checks import check_config
-from harness.command_line import TrainingError
+from harness.command_line import TrainingError, use_threads
 from harness.models import pick_device
 from harness.preference_data import first_line
+from harness.reporting import Reporters, curves, parse_report_to
 from harness.run_directory import Claim, RunError, begin, input_fingerprints, open_run, write_json
 
 ACCURACY = "/rewards/accuracies"  # the metric the progress bar shows per objective, beside the weighted loss
@@ -41,9 +42,11 @@ class Run:
         check_config(cfg)
         self.cfg, self.config = cfg, dataclasses.asdict(cfg)
         self.rank, self.world_size, self.device = distributed.start(pick_device(cfg.device))
+        use_threads(cfg.threads, self.device)
         self.main_process = self.rank == 0
         self.claim = Claim(cfg.out) if self.main_process else None  # before any work, held to the end
-        self.began, self.log, self.progress, self.interrupts, self.state = False, None, None, None, None
+        self.began, self.log, self.progress, self.interrupts, self.reporters = False, None, None, None, None
+        self.state = None
         try:
             self.inputs = input_fingerprints(cfg.data, cfg.model)
             # a checkpoint to resume from (or None), and the summary if this very run has finished (or None)
@@ -92,6 +95,7 @@ class Run:
         self.state, self.saved = state, self.resume_from
         if self.main_process:
             begin(self.config, self.inputs, self.resume_from is not None)
+            self.reporters = Reporters(parse_report_to(cfg.report_to), cfg.out, self.config)
         self.began = True
 
     def steps(self):
@@ -115,12 +119,12 @@ class Run:
         self._stop_watching()  # the loop is done: Ctrl-C during the final evaluation and save stops at once
 
     def _stop_watching(self):
-        for resource in (self.progress, self.log):
+        for resource in (self.progress, self.log, self.reporters):
             if resource is not None:
                 resource.close()
         if self.interrupts is not None:
             self.interrupts.restore()
-        self.progress, self.log, self.interrupts = None, None, None
+        self.progress, self.log, self.interrupts, self.reporters = None, None, None, None
 
     def logs(self, step):
         return step % self.cfg.log_every == 0 or step == self.cfg.steps
@@ -148,6 +152,7 @@ class Run:
             if self.main_process:
                 self.log.write(json.dumps({"step": step, **state["final"]}) + "\n")
                 self.log.flush()
+                self.reporters.log(step, state["final"])
                 shown = state["final"]
                 self.progress.set_postfix({"loss": f"{shown.get('loss/weighted', math.nan):.3f}",
                                            **{f"acc/{k[:-len(ACCURACY)]}": f"{v:.2f}"
@@ -191,6 +196,7 @@ class Run:
                    "seconds": round(time.time() - self.started, 1)}
         if self.main_process:
             write_json(os.path.join(cfg.out, "summary.json"), summary)
+            curves(cfg.out, names, summary["eval"])
         return summary
 
     def report(self, summary):
@@ -201,14 +207,14 @@ class Run:
         if state is None:  # finished before: nothing was done
             print(f"{cfg.out} holds this run, finished: nothing to do (--overwrite trains it again)", file=sys.stderr)
         if scores["reference"] is not None:
-            world.print_comparison(scores["reference"], scores["policy"], summary["objectives"])
+            world.print_comparison(scores["reference"], scores["policy"], summary["objectives"], summary["weights"])
         if state is not None and state["skipped"]:  # fewer than half, and never --max-bad-steps in a row: not silent
             ending = f", the last {state['bad_steps']} in a row: the policy has likely diverged " \
                      f"({self._suspects()})" if state["bad_steps"] else ""
             print(f"warning: {state['skipped']} of {cfg.steps} steps were skipped for non-finite losses or gradients"
                   f"{ending}; see skipped_steps in metrics.jsonl", file=sys.stderr)
         print(f"{time.time() - self.started:.0f} s; policy in {os.path.join(cfg.out, 'policy')}, metrics in "
-              f"{cfg.out}/metrics.jsonl and {cfg.out}/summary.json")
+              f"{cfg.out}/metrics.jsonl (drawn in curves.png) and {cfg.out}/summary.json")
         return summary
 
 

@@ -21,7 +21,8 @@ import tempfile
 from harness.checkpoints import checkpoints
 
 RUN_FILES = ("run.json", "inputs.json", "metrics.jsonl", "checkpoints", "policy", "summary.json", "eval.json")
-RESUME_NEUTRAL = ("resume", "overwrite", "save_every", "keep_checkpoints", "eval_prompts", "device")
+RESUME_NEUTRAL = ("resume", "overwrite", "save_every", "keep_checkpoints", "eval_prompts", "device", "threads",
+                  "report_to", "allow_unknown_tokens")
 
 
 class RunError(ValueError):

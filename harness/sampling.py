@@ -66,7 +66,8 @@ def sampled_logps(model, batches, rows_per_forward=32):
 def evaluate_samples(policy, tokenizer, prompts, score=None, batch_scores=None, num_samples=4, temperature=0.6,
                      seed=0, reference=None, max_new_tokens=64, batch_size=32, max_prompt_length=192):
     """Mean and standard error ("<key>_se") of every score over num_samples responses per prompt, and, given a
-    reference, KL(policy || reference). Returns (scores, a few scored examples).
+    reference, KL(policy || reference). Returns (scores, examples: the first response to each of the first 6
+    prompts, with its scores).
 
     score(prompt, response) -> dict of numbers (the world's exact scorer), or None to report the length in tokens;
     batch_scores: {name: f(prompts, responses) -> list of floats} (reward models), added to each row.
@@ -90,4 +91,5 @@ def evaluate_samples(policy, tokenizer, prompts, score=None, batch_scores=None, 
                                 max_prompt_length)
         scores["kl"], scores["kl_se"] = kl_estimate(sampled_logps(policy, batches, batch_size),
                                                     sampled_logps(reference, batches, batch_size), num_samples)
-    return scores, [{"prompt": p, "response": r, **row} for p, r, row in list(zip(flat_prompts, flat, rows))[:6]]
+    examples = list(zip(flat_prompts, flat, rows))[::num_samples][:6]  # the first sample of each of 6 prompts
+    return scores, [{"prompt": p, "response": r, **row} for p, r, row in examples]

@@ -1,9 +1,16 @@
 """experiments/world_build.py: a build is deterministic, and its command's bad flags are one line."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from experiments import world_build
 from harness import command_line
+from tiny import ROOT
 
 
 @pytest.mark.slow
@@ -32,3 +39,21 @@ def test_the_build_commands_bad_flags_are_one_line_before_anything_runs():
         with pytest.raises(command_line.INPUT_ERRORS) as error:
             world_build.main(flags)
         assert str(error.value) == message
+
+
+def test_the_build_names_which_shipped_files_it_reproduced(tmp_path):
+    model, data = tmp_path / "model", tmp_path / "data"
+    shutil.copytree(os.path.join(ROOT, "models", "world-tiny"), model)
+    shutil.copytree(os.path.join(ROOT, "data"), data)
+    same, different = world_build.compare_with_shipped(str(model), str(data))
+    assert different == [] and len(same) == 7
+    lines = (data / "world_train.jsonl").read_text().splitlines(keepends=True)
+    (data / "world_train.jsonl").write_text("".join(lines[:-1]))  # 2,998 pairs where the shipped world has 2,999
+    assert world_build.compare_with_shipped(str(model), str(data))[1] == ["data/world_train.jsonl"]
+
+
+def test_the_build_writes_beside_the_shipped_world_unless_told_otherwise():
+    result = subprocess.run([sys.executable, "experiments/world_build.py", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    text = re.sub(r"-\s+", "-", " ".join(result.stdout.split()))  # help wraps lines at hyphens
+    assert "(default: out/world/data)" in text and "(default: out/world/world-tiny to build" in text

@@ -49,7 +49,8 @@ def test_without_a_scorer_the_length_in_tokens_is_reported(tiny_world):
     lengths = [int(m.sum()) for b in batches for m in b["completion_mask"]]
     assert set(scores) == {"samples", "tokens", "tokens_se"} and scores["samples"] == 6
     assert scores["tokens"] == pytest.approx(sum(lengths) / 6) and 1 <= min(lengths) and max(lengths) <= 5
-    assert [e["tokens"] for e in examples] == lengths
+    assert [e["tokens"] for e in examples] == lengths[::2]  # the first response to each prompt
+    assert [e["prompt"] for e in examples] == prompts
 
 
 def test_sampled_logps_match_an_unpadded_forward_up_to_the_first_eos(tiny_world):

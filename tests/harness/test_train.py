@@ -1,9 +1,11 @@
 """train.py end to end: bad input gets one line and exit code 2, the hub-format path, and a run that improves."""
 
+import importlib.machinery
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 import train
 import world
-from harness import command_line
+from harness import command_line, reporting
 from harness.checks import parse_weights
 from harness.metrics import front_gain_2d
 from tiny import ROOT
@@ -297,3 +299,107 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tiny_model_dir, tiny_
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
     lines = [json.loads(x) for x in (tmp_path / "checkpointed" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["good/rewards/margins"] > 0 and "a/good" in lines[-1]
+
+
+# --- what a user sees: threads, curves, reporting backends, unknown tokens --------------------------------------------
+
+def test_threads_default_to_one_and_the_flag_sets_them(tiny_model_dir, tiny_pairs, tmp_path):
+    assert train.Config().threads == 1
+    try:
+        run("--model", tiny_model_dir, "--data", tiny_pairs, "--steps", "1", "--batch-size", "4", "--threads", "2",
+            "--eval-prompts", "0", "--out", str(tmp_path / "run"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest.py)
+
+
+@pytest.mark.parametrize("command", ["eval.py", "toy_pareto.py", "experiments/pareto.py", "experiments/frontier.py",
+                                     "experiments/bench.py", "experiments/world_build.py"])
+def test_every_command_takes_the_same_threads_flag(command):
+    result = subprocess.run([sys.executable, command, "--help"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0 and "--threads THREADS" in result.stdout and "CPU threads for torch" in \
+        " ".join(result.stdout.split())
+
+
+def test_curves_are_drawn_from_metrics_jsonl(tiny_model_dir, tiny_pairs, tmp_path):
+    out = tmp_path / "run"
+    run("--model", tiny_model_dir, "--data", tiny_pairs, "--steps", "4", "--batch-size", "4", "--log-every", "1",
+        "--eval-prompts", "0", "--out", str(out))
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    panels = reporting.curve_series(lines, ["good", "short"])
+    assert panels["DPO loss per objective"]["short"] == ([1, 2, 3, 4], [line["short/loss"] for line in lines])
+    assert panels["coefficients a of d = sum_i a_i g_i"]["a/good"][1] == [line["a/good"] for line in lines]
+    assert panels["the dual p and the clipped p~ = min(p, w)"]["p~/short"][1] == [line["p_clipped/short"]
+                                                                                  for line in lines]
+    assert panels["cosine between the objectives' gradients"]["good-short"][1] == [line["cos/good-short"]
+                                                                                    for line in lines]
+
+
+def test_report_to_tensorboard_logs_what_metrics_jsonl_logs(tiny_model_dir, tiny_pairs, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "run"
+    run("--model", tiny_model_dir, "--data", tiny_pairs, "--steps", "4", "--batch-size", "4", "--log-every", "2",
+        "--eval-prompts", "0", "--report-to", "tensorboard", "--out", str(out))
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert set(events.Tags()["scalars"]) == {k for k in lines[0] if k != "step"}
+    for key in ("good/loss", "a/short", "lr"):
+        logged = events.Scalars(key)
+        assert [e.step for e in logged] == [2, 4]
+        assert [e.value for e in logged] == pytest.approx([line[key] for line in lines], rel=1e-6)  # float32
+
+
+def test_report_to_wandb_logs_what_metrics_jsonl_logs(tiny_model_dir, tiny_pairs, tmp_path, monkeypatch):
+    logged, calls = [], {}
+
+    class Run:
+        def log(self, values, step):
+            logged.append((step, values))
+
+        def finish(self):
+            calls["finish"] = True
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return Run()
+
+    fake = types.ModuleType("wandb")
+    fake.init, fake.__spec__ = init, importlib.machinery.ModuleSpec("wandb", None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    out = tmp_path / "run"
+    run("--model", tiny_model_dir, "--data", tiny_pairs, "--steps", "4", "--batch-size", "4", "--log-every", "2",
+        "--eval-prompts", "0", "--report-to", "wandb", "--out", str(out))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [(line["step"], {k: v for k, v in line.items() if k != "step"}) for line in lines]
+    assert calls["finish"] and calls["init"]["config"]["steps"] == 4 and calls["init"]["dir"] == str(out)
+
+
+def test_report_to_an_unknown_or_missing_backend_is_one_line(tiny_model_dir, tiny_pairs, tmp_path, monkeypatch):
+    with pytest.raises(command_line.UsageError) as error:
+        run("--report-to", "mlflow", "--out", str(tmp_path / "run"))
+    assert str(error.value) == "--report-to: unknown backend 'mlflow'; expected none or some of tensorboard, wandb"
+    monkeypatch.setattr(reporting.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(command_line.UsageError) as error:
+        run("--report-to", "none,wandb", "--out", str(tmp_path / "run"))
+    assert str(error.value) == "--report-to wandb needs the wandb package: pip install wandb"
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_the_tokenizer_mostly_does_not_know_is_refused_unless_insisted(tiny_model_dir, tmp_path, capsys):
+    rows = [{"prompt": "question hello", "response_a": "good answer", "response_b": "bad answer", "raco_s_good": 1}]
+    english = [{**rows[0], "response_b": "an entirely different vocabulary here"}] * 4
+    data = write_rows(tmp_path / "english.jsonl", english)  # 5 of each pair's 9 tokens unknown: 56%
+    common = ["--model", tiny_model_dir, "--weights", "1", "--batch-size", "2", "--steps", "1", "--eval-prompts", "0"]
+    with pytest.raises(command_line.UsageError) as error:
+        run(*common, "--data", data, "--out", str(tmp_path / "refused"))
+    assert str(error.value) == (f"--data: 56% of its tokens are unknown to the tokenizer of {tiny_model_dir} (<unk>): "
+                                "the model would learn from placeholders; pass a --model whose tokenizer knows this "
+                                "text, or --allow-unknown-tokens to train anyway")
+    run(*common, "--data", data, "--allow-unknown-tokens", "--out", str(tmp_path / "insisted"))
+    assert "warning: 55.6% of the data's tokens are unknown" in capsys.readouterr().err
+    some = write_rows(tmp_path / "some.jsonl", rows * 3 + [{**rows[0], "response_b": "bad unknownword"}])
+    run(*common, "--data", some, "--out", str(tmp_path / "warned"))  # 1 of 24 tokens
+    assert "warning: 4.2% of the data's tokens are unknown to the tokenizer" in capsys.readouterr().err
