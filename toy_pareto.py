@@ -1,9 +1,8 @@
 """The theory of RACO made visible and checked, on problems small enough to know the answer exactly.
 
-Thm 3.1 and 3.2 of arXiv 2602.02495 step by step on convex quadratics (check_quadratics), a worked example of
-Algorithm 1 (docs/method.md works it by hand), and the CAGrad paper's two-objective toy (run_cagrad_toy; Liu et al.
-2021), whose figures show MGDA and PCGrad landing on *some* Pareto point while LW, CAGrad and RACO land on the one
-the weights ask for.
+Thm 3.1 and 3.2 of arXiv 2602.02495 step by step on convex quadratics (check_quadratics), a worked example
+(docs/method.md works it by hand), and the CAGrad paper's toy (run_cagrad_toy; Liu et al. 2021), whose figures
+show MGDA and PCGrad landing on *some* Pareto point while LW, CAGrad and RACO land on the one the weights ask for.
 
     python toy_pareto.py [--out out/toy] [--quick]  # tables; PNGs to --out; exit 1 naming every failed claim
 """
