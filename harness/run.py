@@ -92,11 +92,10 @@ class Run:
                 print(f"resuming from {self.resume_from}", file=sys.stderr)
         else:
             state = dict(step=0, window={}, final={}, bad_steps=0, skipped=0, before=score_reference())
-        self.state, self.saved = state, self.resume_from
+        self.state, self.saved, self.began = state, self.resume_from, True  # from here on it writes into --out
         if self.main_process:
             begin(self.config, self.inputs, self.resume_from is not None)
             self.reporters = Reporters(parse_report_to(cfg.report_to), cfg.out, self.config)
-        self.began = True
 
     def steps(self):
         """The steps left, from the checkpoint resumed (or 1) to --steps. While they run, metrics.jsonl is open,

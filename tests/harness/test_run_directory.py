@@ -1,5 +1,6 @@
 """The run directory's promises under hostile timing and input (harness/run_directory.py, harness/run.py): nothing
 lost, nothing mixed, nothing executed that the user did not write, and one line for every bad input."""
+import errno
 import json
 import os
 import pickle
@@ -275,3 +276,14 @@ def test_a_full_disk_at_the_first_write_is_one_line(tiny_model_dir, tiny_pairs, 
         train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2", "--save-every", "1")))
     assert str(error.value) == f"could not write to {out}: No space left on device"
     assert checkpoints.checkpoints(out) == []  # the half-written one stays under its temporary name
+
+
+def test_a_full_disk_when_the_run_records_itself_is_one_line(tiny_model_dir, tiny_pairs, tmp_path, monkeypatch):
+    def no_space(path, value, strict=True):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(run_directory, "write_json", no_space)  # run.json, the first file a run writes
+    out = tmp_path / "run"
+    with pytest.raises(command_line.TrainingError) as error:
+        train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, out, "--steps", "2")))
+    assert str(error.value) == f"could not write to {out}: No space left on device"
