@@ -390,16 +390,16 @@ def plot_fronts(rows, stats, methods, names, grid, front, path):
     axes[1].set(xlim=(min(xs) - 0.03, max(xs) + 0.03), ylim=(min(ys) - 0.03, max(ys) + 0.03))
     spread = f"bars: std over {seeds} seeds" if seeds > 1 else "one seed"
     axes[0].set_title(f"Each method's points (filled: on its front), {spread}"
-                      + (f"; a projection of {len(names)} objectives" if len(names) > 2 else ""), fontsize=9)
+                      + (f"\n(a projection of {len(names)} objectives)" if len(names) > 2 else ""), fontsize=9)
     axes[1].set_title("the same, zoomed onto the methods' fronts", fontsize=9)
     methods_legend = axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="methods",
                                     title_fontsize=8)
     axes[1].add_artist(methods_legend)
-    axes[1].legend(handles=[Line2D([], [], ls="", marker=marker, color="grey", label=weight_label(w))
-                            for w, marker in zip(grid, MARKERS)], fontsize=7, loc="lower left",
-                   bbox_to_anchor=(1.02, 0.0), title=f"weights ({':'.join(names)})", title_fontsize=8)
+    weights_legend = axes[1].legend(handles=[Line2D([], [], ls="", marker=marker, color="grey", label=weight_label(w))
+                                             for w, marker in zip(grid, MARKERS)], fontsize=7, loc="lower left",
+                                    bbox_to_anchor=(1.02, 0.0), title=f"weights ({':'.join(names)})", title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight", bbox_extra_artists=[methods_legend])  # legends outside the axes
+    fig.savefig(path, dpi=100, bbox_inches="tight", bbox_extra_artists=[methods_legend, weights_legend])
     plt.close(fig)
 
 
