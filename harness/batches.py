@@ -12,7 +12,7 @@ import torch
 import dpo
 
 
-def _adds_bos(tokenizer):
+def adds_bos(tokenizer):
     """True if the tokenizer puts its BOS in front of text by itself (Llama, Gemma do; Qwen has no BOS).
 
     Probed rather than read from a flag, because tokenizers built from a post-processor do not set one."""
@@ -26,7 +26,7 @@ def prompt_ids(tokenizer, prompts):
     holds it as text). Shared by training (tokenize_pairs) and sampling (policy.sample), so both see the same tokens."""
     bos = tokenizer.bos_token_id
     rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    if _adds_bos(tokenizer):
+    if adds_bos(tokenizer):
         rows = [row if row[:1] == [bos] else [bos] + row for row in rows]
     return rows
 

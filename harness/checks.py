@@ -6,7 +6,7 @@ import sys
 
 import world
 from cagrad import METHODS
-from harness.batches import prompt_ids
+from harness.batches import adds_bos
 from harness.command_line import SEED_LIMIT, UsageError, check_flags
 from harness.distributed import launched_by_torchrun
 from harness.models import pick_device, transformer_blocks
@@ -68,18 +68,14 @@ def check_config(cfg):
 
 def load_training_pairs(cfg, tokenizer, run):
     """The pairs, their objectives' names and the weights on them (on the simplex); the world's default objectives
-    are quality and conciseness. Fails on what
-    would break later (an empty prompt that a tokenizer without BOS leaves with nothing to predict from; fewer pairs
-    than one batch) and warns about what teaches nothing (identical responses, an objective whose labels are all
-    ties)."""
+    are quality and conciseness. Fails on what would break later (text the tokenizer cannot take or mostly does not
+    know, an empty prompt that a tokenizer without BOS leaves with nothing to predict from, fewer pairs than one
+    batch: check_tokens) and warns about what teaches nothing (identical responses, an objective whose labels are
+    all ties)."""
     wanted = [x for x in cfg.objectives.split(",") if x] or None
     pairs, names = load_pairs(cfg.data, cfg.data_format, wanted, tokenizer, split=cfg.split)
     if wanted is None and tuple(names) == world.OBJECTIVES and world.is_world_prompt(pairs[0].prompt):
         pairs, names = [dataclasses.replace(p, signs=p.signs[:2]) for p in pairs], list(world.OBJECTIVES[:2])
-    for pair, ids in zip(pairs, prompt_ids(tokenizer, [p.prompt for p in pairs])):
-        if not ids:
-            raise DataError(f"{pair.where}: empty prompt, and the tokenizer adds no BOS: the first response token "
-                            "would have nothing to be predicted from")
     check_tokens(cfg, pairs, tokenizer, run)
     identical = [p.where for p in pairs if p.response_a == p.response_b]
     if identical and run.main_process:
@@ -100,7 +96,7 @@ def check_tokens(cfg, pairs, tokenizer, run, chunk=1024):
     middle of training: what it cannot take is one line naming the pair. Text the tokenizer does not know becomes its
     unknown token: a warning when some of the data is, a refusal when much is (English pairs on the embedded world's
     word-level tokenizer, say), unless --allow-unknown-tokens."""
-    unknown, total = 0, 0
+    unknown, total, bos = 0, 0, adds_bos(tokenizer)
     for start in range(0, len(pairs), chunk):
         part = pairs[start:start + chunk]
         for field in ("prompt", "response_a", "response_b"):
@@ -114,6 +110,10 @@ def check_tokens(cfg, pairs, tokenizer, run, chunk=1024):
                         raise DataError(f"{pair.where}: the tokenizer cannot read field '{field}' "
                                         f"({type(error).__name__}: {first_line(error)})") from None
                 raise
+            for pair, row in zip(part, rows):
+                if field == "prompt" and not row and not bos:
+                    raise DataError(f"{pair.where}: empty prompt, and the tokenizer adds no BOS: the first response "
+                                    "token would have nothing to be predicted from")
             total += sum(len(row) for row in rows)
             unknown += sum(token == tokenizer.unk_token_id for row in rows for token in row)
     share = unknown / max(total, 1)

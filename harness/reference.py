@@ -73,7 +73,7 @@ def reference_cache(cfg, reference, tokenizer, pairs, run):
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
     settings = [cfg.max_length, cfg.max_prompt_length, cfg.dtype, getattr(reference.config, "_commit_hash", None)]
-    path = reference_cache_path(cfg.out, cfg.model, pairs, settings)
+    path = reference_cache_path(cfg.out, run.inputs["model"], pairs, settings)
     if os.path.exists(path):
         try:
             logps = load_file(path)["logps"]
@@ -92,15 +92,12 @@ def reference_cache(cfg, reference, tokenizer, pairs, run):
     return logps
 
 
-def reference_cache_path(out, model_name, pairs, settings):
+def reference_cache_path(out, model_fingerprint, pairs, settings):
     """Where --precompute-ref keeps the reference's log-probs: a file in --out whose name is a hash of everything
-    they depend on (the model's files, or its hub revision; every pair's text; the tokenisation settings), so a
-    stale cache is never read: change any of them and the name changes."""
-    digest = hashlib.sha256(json.dumps([model_name, settings]).encode())
-    if os.path.isdir(model_name):
-        for name in sorted(os.listdir(model_name)):
-            stat = os.stat(os.path.join(model_name, name))
-            digest.update(f"{name} {stat.st_size} {stat.st_mtime_ns}".encode())
+    they depend on (the model's fingerprint, harness/run_directory.input_fingerprints, and its hub revision in
+    settings; every pair's text; the tokenisation settings), so a stale cache is never read: change any of them and
+    the name changes."""
+    digest = hashlib.sha256(json.dumps([model_fingerprint, settings]).encode())
     for pair in pairs:
         digest.update("\0".join((pair.prompt, pair.response_a, pair.response_b)).encode() + b"\1")
     return os.path.join(out, f"reference_logps-{digest.hexdigest()[:16]}.safetensors")
