@@ -403,3 +403,19 @@ def test_data_the_tokenizer_mostly_does_not_know_is_refused_unless_insisted(tiny
     some = write_rows(tmp_path / "some.jsonl", rows * 3 + [{**rows[0], "response_b": "bad unknownword"}])
     run(*common, "--data", some, "--out", str(tmp_path / "warned"))  # 1 of 24 tokens
     assert "warning: 4.2% of the data's tokens are unknown to the tokenizer" in capsys.readouterr().err
+
+
+def test_a_config_file_gives_the_flags_and_flags_beside_it_override(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"steps": 7, "weights": "0.5,0.5", "fsdp": False}))
+    (tmp_path / "run.yaml").write_text("steps: 9\nlr: 0.001\n")
+    cfg = train.parse_args(["--config", str(tmp_path / "run.json"), "--steps", "3"])
+    assert (cfg.steps, cfg.weights, cfg.lr) == (3, "0.5,0.5", train.Config.lr)  # the flag beside it wins
+    assert train.parse_args(["--config", str(tmp_path / "run.yaml")]).lr == 0.001
+    assert train.parse_args(["--overwrite"]).overwrite and not train.parse_args(["--no-overwrite"]).overwrite
+    for text, message in (('{"stepz": 2}', "unknown field 'stepz'"), ('{"steps": 2.5}', "field 'steps': expected int, "
+                                                                                            "got 2.5"),
+                          ("[1, 2]", "expected a mapping of flag names to values")):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(command_line.UsageError) as error:
+            train.parse_args(["--config", str(tmp_path / "bad.json")])
+        assert str(error.value) == f"--config: {tmp_path / 'bad.json'}: {message}"
