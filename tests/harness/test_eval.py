@@ -1,5 +1,6 @@
 """eval.py: held-out pair metrics against one pair at a time straight from dpo.py, reward models against a direct
 forward, a checkpoint on real-style data end to end, and bad input."""
+import io
 import json
 import math
 import os
@@ -13,10 +14,12 @@ from transformers import LlamaForSequenceClassification
 import dpo
 import eval as evaluation
 import train
+import world
 from harness import command_line, run_directory
 from harness.batches import tokenize_pairs
 from harness.models import load_model
 from harness.preference_data import load_pairs
+from harness.sampling import sample
 from test_models import sharpened
 from tiny import ROOT, WORDS, tiny_config, tiny_llama, word_tokenizer
 
@@ -170,6 +173,24 @@ def test_bad_checkpoint_inputs_name_the_flag(tiny_model_dir, tiny_pairs, reward_
         with pytest.raises(command_line.UsageError) as error:
             evaluation.main(["--checkpoint", str(run), "--data", tiny_pairs])
         assert str(error.value) == f"--checkpoint: {run / 'summary.json'}: {message}"
+
+
+def test_sample_prints_the_policys_responses_to_given_prompts(tiny_world, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    train.main(train.parse_args(["--model", tiny_world["model"], "--data", tiny_world["train"], "--steps", "1",
+                                 "--batch-size", "8", "--eval-prompts", "0", "--out", str(run)]))
+    prompts = world.eval_prompts(3)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(prompts[2] + "\n\n"))  # `--sample -`: one prompt per line
+    capsys.readouterr()
+    texts = evaluation.main(["--checkpoint", str(run), "--sample", prompts[0], "--sample", prompts[1], "--sample",
+                             "-", "--samples", "2", "--max-new-tokens", "8"])
+    policy = load_model(str(run / "policy"), torch.device("cpu"))
+    assert texts == sample(policy[1], policy[0], prompts, 2, 0.6, 8, 0)[0]  # the seeded sampler, on these prompts
+    expected = "".join(f"{p}\n" + "".join(f"  {r}\n" for r in responses) for p, responses in zip(prompts, texts))
+    assert capsys.readouterr().out == expected
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    with pytest.raises(command_line.UsageError, match="^--sample: no prompt given$"):
+        evaluation.main(["--checkpoint", str(run), "--sample", "-"])
 
 
 def test_command_line_exits_2_with_one_line():

@@ -173,10 +173,17 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(tiny_model_dir, tiny
 
 
 @pytest.mark.slow
-def test_training_on_the_embedded_world_beats_the_reference(tmp_path):
+def test_training_on_the_embedded_world_beats_the_reference(tmp_path, capsys):
     """The shipped model and pairs: a short RACO run raises the weighted exact score on held-out prompts."""
     summary = run("--weights", "0.8,0.2", "--steps", "60", "--eval-prompts", "48", "--out", str(tmp_path / "run"))
     before, after = summary["eval"]["reference"], summary["eval"]["policy"]
+    # each model's first answer to the same held-out prompts, printed under the table
+    printed = capsys.readouterr().out.split("the first response of each model to the same held-out prompts:\n")[1]
+    assert [e["prompt"] for e in before["examples"]] == [e["prompt"] for e in after["examples"]] \
+        == world.eval_prompts(48)[:6]
+    for reference, policy in list(zip(before["examples"], after["examples"]))[:3]:
+        assert (f"{reference['prompt']}\n  reference       {reference['response']}\n"
+                f"  trained policy  {policy['response']}\n") in printed
     assert after["weighted"] > before["weighted"] + 0.03, (before, after)
     assert after["quality"] > before["quality"]  # the objective with the larger weight moved the most
     assert after["well_formed"] >= 0.95
