@@ -21,7 +21,7 @@ any m: in closed form for m = 2 (`solve_dual_two`), by Wolfe's active-set method
 
 The file reads in the order of Algorithm 1 (arXiv 2602.02495; docs/method.md derives every step): the dual in
 closed form, the clip, `raco_direction` (lines 3-7), then the baselines, then `coefficients`, which every caller
-uses: it checks its input, picks the method and adds the diagnostics that train.py logs.
+uses (it checks its input and picks the method), then the `diagnostics` that train.py logs.
 """
 
 import math
@@ -147,21 +147,17 @@ def _mgda(H):
     return solve_dual(H, np.zeros(len(H)), 1.0) if np.trace(H) > 0 else np.full(len(H), 1.0 / len(H))
 
 
-# ----------------------------------------------------------------------------- the one entry point, and diagnostics
+# ----------------------------------------------------------------------------- the one entry point
 
-def _cosines(H):
-    norms = np.sqrt(np.clip(np.diag(H), 0.0, None))
-    outer = np.outer(norms, norms)
-    return np.divide(H, outer, out=np.zeros_like(H), where=outer > 0)
-
-
-def _cos(H, x, y):
-    """cos(G x, G y) from the Gram matrix; 0 where either vector is zero.
-
-    Clamped to [-1, 1]: when G x nearly cancels (||g0|| below ~1e-7 of the ||g_i||), x^T H x is a difference of
-    large numbers and the ratio is rounding noise that can leave the interval."""
-    denominator = math.sqrt(max(x @ H @ x, 0.0) * max(y @ H @ y, 0.0))
-    return min(max(float(x @ H @ y / denominator), -1.0), 1.0) if denominator > 0 else 0.0
+def check_arguments(w, method, c):
+    """What every caller must pass: weights on the simplex, a known method, 0 <= c < 1 (ValueError otherwise)."""
+    w = np.asarray(w, dtype=np.float64)
+    if (w < 0).any() or abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"weights must be >= 0 and sum to 1, got {w.tolist()}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if not 0.0 <= c < 1.0:
+        raise ValueError(f"c must be in [0, 1), got {c}")
 
 
 def coefficients(H, w, method="raco", c=0.4):
@@ -178,51 +174,90 @@ def coefficients(H, w, method="raco", c=0.4):
                contrast the toy and the Pareto sweep show.
       "pcgrad" PCGrad (Yu et al. 2020): projected gradients, weighted by w after the surgery (see _pcgrad).
     c: the CAGrad radius, 0 <= c < 1 (used by cagrad and raco).
-    Returns (a, info): a is an (m,) float64 tensor with d = sum_i a[i] g_i; info holds "p" (dual / min-norm
-    weights) for cagrad, raco and mgda, "p_clipped" for raco, and the diagnostics "cosines" (m, m), "grad_norms",
-    "g0_norm", "direction_norm", "rho" = cos(g0, G_p) and "rho_clipped" = cos(g0, G~) where they apply; for cagrad
-    and raco "interior" (1 if the dual is not a vertex), for raco "clip_changed" (1 if the clip turns the
-    direction: p~ is not proportional to p) and "cos_cagrad" (the cosine between RACO's and CAGrad's directions).
-    Degenerate input (all-zero H, zero or colinear gradients, zero weights) gives finite a; where ||g0|| = 0 or
-    ||G~|| = 0 the step falls back to d = g0 (a = w), as Algorithm 1 prescribes.
+    Returns (a, info): a is an (m,) float64 tensor with d = sum_i a[i] g_i; info holds the dual "p" (cagrad, raco,
+    mgda), the clipped "p_clipped" (raco) and the step's `diagnostics`. Degenerate input (all-zero H, zero or
+    colinear gradients, zero weights) gives finite a; where ||g0|| = 0 or ||G~|| = 0 the step falls back to d = g0
+    (a = w), as Algorithm 1 prescribes.
     """
     H = torch.as_tensor(H).detach().to("cpu", torch.float64).numpy()
     w = torch.as_tensor(w, dtype=torch.float64).detach().cpu().numpy().reshape(-1)
-    m = len(w)
-    if H.shape != (m, m):
-        raise ValueError(f"H must be ({m}, {m}) for {m} weights, got {tuple(H.shape)}")
+    if H.shape != (len(w), len(w)):
+        raise ValueError(f"H must be ({len(w)}, {len(w)}) for {len(w)} weights, got {tuple(H.shape)}")
     if not np.isfinite(H).all():
         raise ValueError("H has non-finite entries (a gradient overflowed or is NaN)")
-    if (w < 0).any() or abs(w.sum() - 1.0) > 1e-6:
-        raise ValueError(f"weights must be >= 0 and sum to 1, got {w.tolist()}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if not 0.0 <= c < 1.0:
-        raise ValueError(f"c must be in [0, 1), got {c}")
-
+    check_arguments(w, method, c)
     H = (H + H.T) / 2.0
-    info = {"cosines": _cosines(H), "grad_norms": np.sqrt(np.clip(np.diag(H), 0.0, None)),
-            "g0_norm": math.sqrt(max(w @ H @ w, 0.0))}
-    trace = float(np.trace(H))
-    Hn = H / trace if trace > 0 else H  # scale invariance: the answer depends on H only up to a positive factor
+    a, dual = _solve(H, w, method, c)
+    info = {**dual, **diagnostics(H, w, c, a, dual)}
+    return torch.from_numpy(a), {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in info.items()}
 
-    a = w.copy()
+
+def _solve(H, w, method, c):
+    """The method's coefficients a and its dual ({"p"}, and {"p_clipped"} for raco), on H divided by its trace: the
+    answer depends on H only up to a positive factor (scale invariance, docs/method.md section 4)."""
+    trace = float(np.trace(H))
+    Hn = H / trace if trace > 0 else H
     if method == "pcgrad":
-        a = _pcgrad(Hn, w)
-    elif method == "mgda":
-        info["p"] = _mgda(Hn)
-        a = info["p"].copy()
-    elif method in ("cagrad", "raco"):
-        a, info["p"], p_tilde = raco_direction(Hn, w, c, clip=method == "raco")
-        info["rho"] = _cos(H, w, info["p"])
-        info["interior"] = float((info["p"] > 1e-9).sum() > 1)  # the dual is not a vertex
-        if method == "raco":  # when the clip matters: does it turn the direction, and how far from CAGrad's?
-            info["p_clipped"] = p_tilde
-            info["rho_clipped"] = _cos(H, w, p_tilde)
-            total = p_tilde.sum()
-            info["clip_changed"] = float(total <= 0 or np.abs(p_tilde / max(total, 1e-300) - info["p"]).max() > 1e-9)
-            s, norm_p = c * _length(Hn, w), _length(Hn, info["p"])  # CAGrad's line 7 on the same dual, unclipped
-            info["cos_cagrad"] = _cos(H, a, w + s * info["p"] / norm_p if s and norm_p else w)
-    info["direction_norm"] = math.sqrt(max(a @ H @ a, 0.0))
-    info = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in info.items()}
-    return torch.from_numpy(a), info
+        return _pcgrad(Hn, w), {}
+    if method == "mgda":
+        p = _mgda(Hn)
+        return p.copy(), {"p": p}
+    if method in ("cagrad", "raco"):
+        a, p, p_tilde = raco_direction(Hn, w, c, clip=method == "raco")
+        return a, {"p": p, **({"p_clipped": p_tilde} if method == "raco" else {})}
+    return w.copy(), {}
+
+
+# ----------------------------------------------------------------------------- diagnostics: what train.py logs
+
+# An objective whose share of a combination sum_i p_i g_i is below this contributes less to it than float32 gradients
+# can carry (they round at ~6e-8): for the diagnostics, it is not there. A share, unlike p_i itself, is scale-free:
+# with gradient norms 1e6 apart, p_i ~ 1e-12 on the longer gradient is a share of ~1e-6 and counts.
+NEGLIGIBLE_SHARE = 1e-9
+
+
+def _cosines(H):
+    norms = np.sqrt(np.clip(np.diag(H), 0.0, None))
+    outer = np.outer(norms, norms)
+    return np.divide(H, outer, out=np.zeros_like(H), where=outer > 0)
+
+
+def _cos(H, x, y):
+    """cos(G x, G y) from the Gram matrix; 0 where either vector is zero.
+
+    Clamped to [-1, 1]: when G x nearly cancels (||g0|| below ~1e-7 of the ||g_i||), x^T H x is a difference of
+    large numbers and the ratio is rounding noise that can leave the interval."""
+    denominator = math.sqrt(max(x @ H @ x, 0.0) * max(y @ H @ y, 0.0))
+    return min(max(float(x @ H @ y / denominator), -1.0), 1.0) if denominator > 0 else 0.0
+
+
+def shares(H, p):
+    """Each objective's share of the combination sum_i p_i g_i, measured in lengths: p_i ||g_i|| / sum_j p_j ||g_j||
+    (zeros where the sum is 0). Unchanged by H -> k H, and by p -> k p."""
+    parts = np.abs(p) * np.sqrt(np.clip(np.diag(H), 0.0, None))
+    total = parts.sum()
+    return parts / total if total > 0 else np.zeros_like(parts)
+
+
+def diagnostics(H, w, c, a, dual):
+    """What a step's solve says about the gradients and about the clip, for logging: "cosines" (m, m) and
+    "grad_norms" of the g_i, "g0_norm", "direction_norm" = ||d||; with a dual p, "rho" = cos(g0, G_p) and "interior"
+    (1 if at least two objectives have a share of G_p above NEGLIGIBLE_SHARE: the dual is not a vertex); with RACO's
+    clipped p~, "rho_clipped" = cos(g0, G~), "clip_changed" (1 if the clip turns the direction: p~'s shares differ
+    from p's by more than NEGLIGIBLE_SHARE) and "cos_cagrad", the cosine between RACO's direction and CAGrad's on
+    the same dual. Every threshold is relative (shares), so the answer is the same for H and k H."""
+    info = {"cosines": _cosines(H), "grad_norms": np.sqrt(np.clip(np.diag(H), 0.0, None)),
+            "g0_norm": math.sqrt(max(w @ H @ w, 0.0)), "direction_norm": math.sqrt(max(a @ H @ a, 0.0))}
+    if "p" in dual:
+        p = dual["p"]
+        info["rho"] = _cos(H, w, p)
+        info["interior"] = float((shares(H, p) > NEGLIGIBLE_SHARE).sum() > 1)
+    if "p_clipped" in dual:  # when the clip matters: does it turn the direction, and how far from CAGrad's?
+        p, p_tilde = dual["p"], dual["p_clipped"]
+        info["rho_clipped"] = _cos(H, w, p_tilde)
+        info["clip_changed"] = float(np.abs(shares(H, p_tilde) - shares(H, p)).max() > NEGLIGIBLE_SHARE)
+        trace = float(np.trace(H))
+        Hn = H / trace if trace > 0 else H
+        s, norm_p = c * _length(Hn, w), _length(Hn, p)  # CAGrad's line 7 on the same dual, unclipped
+        info["cos_cagrad"] = _cos(H, a, w + s * p / norm_p if s and norm_p else w)
+    return info

@@ -59,11 +59,9 @@ def random_quadratics(dim, seed):
 
 
 def dual_facts(info):
-    """From cagrad.coefficients' info: is the dual's p = (lam, 1 - lam) inside the simplex, and did RACO's clip change
-    the direction? (p~ = min(p, w) lowers some p_i whenever p != w, but the direction only off the vertices.)"""
-    p = info["p"].numpy() if "p" in info else np.full(2, np.nan)  # NaN: no dual solved, so neither
-    p_clipped = info["p_clipped"].numpy() if "p_clipped" in info else p
-    return 1e-9 < p[0] < 1 - 1e-9, np.abs(p_clipped / max(p_clipped.sum(), 1e-300) - p).max() > 1e-9
+    """What cagrad.diagnostics says of a step: is its dual interior (not a vertex), and did RACO's clip turn the
+    direction? False where the method solves no dual, or does not clip."""
+    return bool(info.get("interior", 0.0)), bool(info.get("clip_changed", 0.0))
 
 
 def descend(problem, method, c, eta, max_steps, tol):
