@@ -253,3 +253,22 @@ def test_when_the_clip_matters_diagnostics_against_the_vectors():
     a, info = coefficients(G @ G.T, [0.5, 0.5], "raco", c=0.4)
     assert info["p"].tolist() == [1.0, 0.0] and info["interior"] == 0.0 and info["clip_changed"] == 0.0
     assert info["cos_cagrad"] == pytest.approx(1.0)
+
+
+def test_diagnostics_count_a_tiny_dual_weight_on_a_long_gradient():
+    """Gradient norms 1e10 apart: the dual puts p_2 ~ 2e-11 on the long gradient, and that carries a sixth of G_p.
+    Seen on the vectors, G_p is not along g_1 (the dual is interior) and the clip p~ = min(p, w), which halves p_2,
+    turns it: thresholds on p itself (p_2 > 1e-9) would call this a vertex that no clip can turn."""
+    G = np.array([[1.0, 0.0], [1e10 * math.cos(1.7), 1e10 * math.sin(1.7)]])
+    w = np.array([1 - 1e-11, 1e-11])
+    _, info = coefficients(G @ G.T, w, "raco", c=0.4)
+    p, p_tilde = info["p"].numpy(), info["p_clipped"].numpy()
+    assert 0 < p[1] < 1e-9 and p_tilde[1] < p[1]
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    G_p, G_tilde = p @ G, p_tilde @ G
+    assert unit(G_p) @ unit(G[0]) < 0.99  # not a vertex: G_p leaves g_1's direction
+    assert unit(G_tilde) @ unit(G_p) < 0.999  # the clip turns it
+    assert info["interior"] == 1.0 and info["clip_changed"] == 1.0
+    for k in (1e-30, 1e30):  # and the same answer at any scale of H
+        _, scaled = coefficients(k * (G @ G.T), w, "raco", c=0.4)
+        assert scaled["interior"] == 1.0 and scaled["clip_changed"] == 1.0
