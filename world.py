@@ -177,6 +177,66 @@ def preference_labels(scores_a, scores_b, label_temperature, rng):
 
 
 # -----------------------------------------------------------------------------
+# the conflict knob: training pairs whose quality and conciseness agree, conflict, or expose waste
+
+PAIR_KINDS = ("conflict", "agree", "waste")
+
+
+def pair_kind(prompt, response_a, response_b):
+    """How two responses' exact quality and conciseness relate (each kind's labels, noiseless, in brackets):
+        "conflict"  the response with more of the prompt's facts uses more words  (opposite labels)
+        "agree"     the response with more facts uses no more words              (the same label, or a conciseness tie)
+        "waste"     the same quality in more or fewer words                      (a quality tie: fewer words win)
+        None        equal on both: the pair teaches neither objective anything."""
+    a, b = score(prompt, response_a), score(prompt, response_b)
+    quality, conciseness = a["quality"] - b["quality"], a["conciseness"] - b["conciseness"]
+    if abs(quality) < 1e-9:
+        return "waste" if abs(conciseness) >= 1e-9 else None
+    return "conflict" if quality * conciseness < 0 and abs(conciseness) >= 1e-9 else "agree"
+
+
+def conflict_pairs(prompts, pools, level, label_temperature=0.05, seed=0):
+    """Training pairs at a conflict level in [0, 1]: for each prompt, one pair of two of its candidate responses
+    (pools[i]: the reference model's samples for prompts[i]), a "conflict" pair with probability `level`, otherwise
+    an "agree" or a "waste" pair with equal probability (pair_kind); labelled per objective as the shipped pairs are
+    (preference_labels, Bradley-Terry at label_temperature), in the signed format, with the kind beside them.
+
+    The levels are coupled: each prompt's draws (its uniform u, which of its pairs of each kind, the order of the two
+    responses, the label noise) depend on the seed and the prompt's index only, and it takes its conflict pair where
+    u < level. Raising the level only turns some agree and waste pairs into conflict pairs; the rest stay as they
+    were. A prompt drawn for an agree pair that has none takes its waste pair, and the other way round; a prompt
+    without a pair of the kind drawn (conflict, or neither agree nor waste) is left out.
+    """
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"level must be in [0, 1], got {level}")
+    rows = []
+    for i, (prompt, pool) in enumerate(zip(prompts, pools)):
+        rng = random.Random(f"{seed}:{i}")
+        u, v = rng.random(), rng.random()
+        responses = list(dict.fromkeys(r for r in pool if r))
+        by_kind = {kind: [] for kind in PAIR_KINDS}
+        for j, a in enumerate(responses):
+            for b in responses[j + 1:]:
+                kind = pair_kind(prompt, a, b)
+                if kind is not None:
+                    by_kind[kind].append((a, b))
+        labelled = {}
+        for kind in PAIR_KINDS:  # every kind's pair and labels drawn first, whichever is kept: the levels stay coupled
+            if by_kind[kind]:
+                a, b = rng.choice(by_kind[kind])
+                a, b = (b, a) if rng.random() < 0.5 else (a, b)
+                labelled[kind] = (a, b, preference_labels(score(prompt, a), score(prompt, b), label_temperature, rng))
+        wanted = ("conflict",) if u < level else ("agree", "waste") if v < 0.5 else ("waste", "agree")
+        kind = next((k for k in wanted if k in labelled), None)
+        if kind is None:  # no pair of the kind drawn: left out, so that the level stays what was asked for
+            continue
+        a, b, labels = labelled[kind]
+        rows.append({"prompt": prompt, "response_a": a, "response_b": b, "kind": kind,
+                     **{f"raco_s_{k}": s for k, s in labels.items()}})
+    return rows
+
+
+# -----------------------------------------------------------------------------
 # the exact Pareto front: the best trade-off any policy can reach
 
 

@@ -14,6 +14,8 @@ boundary is exact and no token straddles it. Decoding joins words with single sp
     python experiments/world_build.py build  # tokenizer and model in out/world/world-tiny/, pairs in out/world/data/,
                                              # then compared with the shipped world, file by file (~3 min)
     python experiments/world_build.py stats  # score fresh samples of the shipped model on held-out prompts
+    python experiments/world_build.py conflict --levels 0,0.5,1  # pairs at chosen conflict levels (world.conflict_pairs)
+                                             # from 8 samples of the shipped model per prompt, in out/conflict/data/
 
 The build never writes over the shipped world unless told to (--out-model models/world-tiny --out-data data). With
 torch 2.13.0 (CPU build), transformers 5.24 and tokenizers 0.23 on x86-64 it reproduces every shipped file byte for
@@ -35,13 +37,14 @@ if __package__ in (None, ""):  # run as a script, python experiments/world_build
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from harness.command_line import THREADS_HELP, OneLineParser, check_flags, check_sampling, run_command, use_threads
+from harness.command_line import (THREADS_HELP, OneLineParser, UsageError, check_flags, check_sampling, run_command,
+                                  use_threads)
 from harness.metrics import pearson
 from harness.models import load_model
-from harness.run_directory import check_writable
+from harness.run_directory import check_writable, input_fingerprints, write_json
 from harness.sampling import sample
-from world import (ATTRIBUTES, ENTITIES, INTENSIFIER, OBJECTIVES, PREFIXES, USUAL, eval_prompts, make_prompts,
-                   parse_prompt, preference_labels, score)
+from world import (ATTRIBUTES, ENTITIES, INTENSIFIER, OBJECTIVES, PAIR_KINDS, PREFIXES, USUAL, conflict_pairs,
+                   eval_prompts, make_prompts, parse_prompt, preference_labels, score)
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
@@ -224,6 +227,53 @@ def build(out_model="models/world-tiny", out_data="data", seed=0, steps=2000, ba
     return model, tokenizer
 
 
+def conflict_data(model_dir, out_dir, levels, prompts=3000, samples=8, seed=0, label_temperature=0.05,
+                  held_out="data/world_eval.jsonl"):
+    """Training pairs at each conflict level (world.conflict_pairs) from one pool of candidate responses: `samples`
+    samples of the model at temperature 1 for each of the shipped build's training prompts (the first `prompts` of
+    make_prompts(., seed + 1)), kept in out_dir/pool.json and reused while its settings hold. Each level's pairs go to
+    out_dir/level-<level>/world_train.jsonl beside a copy of the held-out pairs, written only when they change (a
+    sweep reuses runs trained after its data was written). Returns {level: that directory}."""
+    settings = {**input_fingerprints(held_out, model_dir), "prompts": prompts, "samples": samples, "seed": seed}
+    pool_path = os.path.join(out_dir, "pool.json")
+    pool = None
+    if os.path.isfile(pool_path):
+        with open(pool_path) as f:
+            pool = json.load(f)
+    if pool is None or pool.get("settings") != settings:
+        tokenizer, model = load_model(model_dir, torch.device("cpu"), "--model")
+        texts = make_prompts(prompts, seed + 1)
+        responses, _ = sample(model, tokenizer, texts, num_samples=samples, temperature=1.0, max_new_tokens=48,
+                              seed=seed + 2, batch_size=256)
+        pool = {"settings": settings, "prompts": texts, "responses": responses}
+        write_json(pool_path, pool)
+    directories = {}
+    for level in levels:
+        rows = conflict_pairs(pool["prompts"], pool["responses"], level, label_temperature, seed + 3)
+        directory = os.path.join(out_dir, f"level-{level:g}")
+        os.makedirs(directory, exist_ok=True)
+        for name, text in (("world_train.jsonl", "".join(json.dumps(r) + "\n" for r in rows)),
+                           ("world_eval.jsonl", open(held_out).read())):
+            path = os.path.join(directory, name)
+            if not os.path.isfile(path) or open(path).read() != text:
+                with open(path + ".tmp", "w") as f:
+                    f.write(text)
+                os.replace(path + ".tmp", path)
+        directories[level] = directory
+    return directories
+
+
+def parse_levels(text):
+    """--levels: comma-separated conflict levels in [0, 1], distinct, in increasing order."""
+    try:
+        levels = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--levels: expected comma-separated numbers in [0, 1], got {text!r}") from None
+    if not levels or sorted(set(levels)) != levels or not 0 <= levels[0] <= levels[-1] <= 1:
+        raise UsageError(f"--levels: expected distinct increasing numbers in [0, 1], got {text!r}")
+    return levels
+
+
 SHIPPED = {"models/world-tiny": ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                                  "tokenizer_config.json"),
            "data": ("world_train.jsonl", "world_eval.jsonl")}
@@ -251,10 +301,14 @@ def stats(model_dir="models/world-tiny", n=512, temperature=1.0, seed=0):
 def main(argv=None):
     parser = OneLineParser(description="Build or inspect the embedded multi-objective world.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("command", choices=["build", "stats"])
+    parser.add_argument("command", choices=["build", "stats", "conflict"])
     parser.add_argument("--out-model", default=argparse.SUPPRESS, help="model + tokenizer folder (default: "
-                        "out/world/world-tiny to build, the shipped models/world-tiny for stats)")
-    parser.add_argument("--out-data", default="out/world/data", help="folder of world_train.jsonl / world_eval.jsonl")
+                        "out/world/world-tiny to build, the shipped models/world-tiny for stats and conflict)")
+    parser.add_argument("--out-data", default=argparse.SUPPRESS, help="folder of world_train.jsonl / world_eval.jsonl "
+                        "(default: out/world/data; for conflict out/conflict/data, a folder per level)")
+    parser.add_argument("--levels", default="0,0.33,0.67,1", help="conflict: the shares of conflicting pairs "
+                        "(world.conflict_pairs)")
+    parser.add_argument("--pool-samples", type=int, default=8, help="conflict: candidate responses per prompt")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data, the init and the sampling")
     parser.add_argument("--steps", type=int, default=2000, help="pretraining steps")
     parser.add_argument("--train-pairs", type=int, default=3000, help="pairs on training prompts")
@@ -266,19 +320,31 @@ def main(argv=None):
                                                                             "the machine")
     args = parser.parse_args(argv)
     check_flags(args, [("steps", args.steps > 0), ("train_pairs", args.train_pairs > 0),
-                       ("eval_pairs", args.eval_pairs > 0),
+                       ("eval_pairs", args.eval_pairs > 0), ("pool_samples", args.pool_samples > 1),
                        ("label_temperature", 0 < args.label_temperature < math.inf)])
     check_flags(args, [("threads", args.threads >= 0)])
     check_sampling(args.temperature, [args.seed])
     if args.command == "build":  # both outputs checked now, not after minutes of pretraining
-        out_model = getattr(args, "out_model", "out/world/world-tiny")
+        out_model, out_data = getattr(args, "out_model", "out/world/world-tiny"), getattr(args, "out_data", "out/world/data")
         check_writable(out_model, "--out-model")
-        check_writable(args.out_data, "--out-data")
-        build(out_model, args.out_data, seed=args.seed, steps=args.steps, train_pairs=args.train_pairs,
+        check_writable(out_data, "--out-data")
+        build(out_model, out_data, seed=args.seed, steps=args.steps, train_pairs=args.train_pairs,
               eval_pairs=args.eval_pairs, label_temperature=args.label_temperature)
-        same, different = compare_with_shipped(out_model, args.out_data)
+        same, different = compare_with_shipped(out_model, out_data)
         print(f"byte for byte the shipped world's: {', '.join(same) or 'none'}"
               + (f"\ndifferent from the shipped world's: {', '.join(different)}" if different else ""))
+    elif args.command == "conflict":
+        levels, out_data = parse_levels(args.levels), getattr(args, "out_data", "out/conflict/data")
+        check_writable(out_data, "--out-data")
+        use_threads(args.threads)
+        for level, directory in conflict_data(getattr(args, "out_model", "models/world-tiny"), out_data, levels,
+                                              args.train_pairs, args.pool_samples, args.seed,
+                                              args.label_temperature).items():
+            with open(os.path.join(directory, "world_train.jsonl")) as f:
+                rows = [json.loads(line) for line in f]
+            kinds = ", ".join(f"{k} {sum(r['kind'] == k for r in rows) / len(rows):.2f}" for k in PAIR_KINDS)
+            print(f"level {level:g}: {directory}/world_train.jsonl, {len(rows)} pairs ({kinds})")
+            describe_labels(f"  level {level:g}", rows)
     else:
         use_threads(args.threads)
         stats(getattr(args, "out_model", "models/world-tiny"), temperature=args.temperature, seed=args.seed)

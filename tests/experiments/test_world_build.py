@@ -56,4 +56,4 @@ def test_the_build_writes_beside_the_shipped_world_unless_told_otherwise():
     result = subprocess.run([sys.executable, "experiments/world_build.py", "--help"], cwd=ROOT, capture_output=True,
                             text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     text = re.sub(r"-\s+", "-", " ".join(result.stdout.split()))  # help wraps lines at hyphens
-    assert "(default: out/world/data)" in text and "(default: out/world/world-tiny to build" in text
+    assert "(default: out/world/data;" in text and "(default: out/world/world-tiny to build" in text
