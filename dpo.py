@@ -47,13 +47,10 @@ def sequence_logps(logits, input_ids, completion_mask):
 
 
 def completion_logps(model, batch):
-    """One forward over the stacked batch of tokenize_pairs (rows 0..B-1 = y_a, B..2B-1 = y_b).
-
-    Returns logps_a (B,), logps_b (B,), lengths_a (B,), lengths_b (B,)."""
+    """One forward over the stacked batch of tokenize_pairs: log pi(y|x) of every response and its length, each (2B,),
+    rows 0..B-1 for y_a and B..2B-1 for y_b (`.chunk(2)` splits them)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps, lengths = sequence_logps(logits, batch["input_ids"], batch["completion_mask"])
-    B = logps.shape[0] // 2
-    return logps[:B], logps[B:], lengths[:B], lengths[B:]
+    return sequence_logps(logits, batch["input_ids"], batch["completion_mask"])
 
 
 # ----------------------------------------------------------------------------- losses

@@ -91,7 +91,7 @@ def pair_metrics(policy, reference, tokenizer, pairs, names, cfg, device, batch_
             batch = pairs[start:start + batch_size]
             logps.append([x.float().cpu() for model in (policy, reference)
                           for x in pair_logps(model, tokenizer, batch, cfg.max_length, cfg.max_prompt_length, device,
-                                                   cfg.dtype == "bfloat16")[:2]])
+                                                   cfg.dtype == "bfloat16")])
     policy_a, policy_b, ref_a, ref_b = (torch.cat(x) for x in zip(*logps))
     signs = torch.tensor([p.signs for p in pairs], dtype=torch.float32)
     metrics = dpo.dpo_metrics(policy_a, policy_b, ref_a, ref_b, signs, cfg.beta, names)

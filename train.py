@@ -106,12 +106,14 @@ def parse_args(argv=None):
 
 
 def objective_losses(policy, reference, batch, cfg, names):
-    """The m per-objective DPO losses of one micro-batch, sharing one graph, and their DPO metrics (dpo.py).
+    """The m per-objective DPO losses of one micro-batch, the policy's log-probs of its 2B responses that they all
+    read (dpo.py), and their DPO metrics.
 
     batch: both responses of B pairs stacked for one forward pass, and their labels signs (B, m)
     (harness/batches.collate); reference(batch): pi_ref's log-probs of y_a and y_b (harness/reference.py)."""
     with autocast(batch["input_ids"].device, cfg.dtype == "bfloat16"):
-        policy_a, policy_b, length_a, length_b = dpo.completion_logps(policy, batch)
+        logps, lengths = dpo.completion_logps(policy, batch)  # (2B,): y_a of every pair, then y_b
+    (policy_a, policy_b), (length_a, length_b) = logps.chunk(2), lengths.chunk(2)
     ref_a, ref_b = reference(batch)  # AMoPO's loss needs none, but its logged implicit rewards compare only so
     if cfg.method == "amopo":  # the baseline that changes the loss: reference-free and length-normalised
         margin = dpo.amopo_margin(policy_a, policy_b, length_a, length_b)
@@ -120,7 +122,7 @@ def objective_losses(policy, reference, batch, cfg, names):
     losses = dpo.dpo_losses(margin, batch["signs"], cfg.beta)  # L_i for every objective: (m,)
     metrics = dpo.dpo_metrics(policy_a, policy_b, ref_a, ref_b, batch["signs"], cfg.beta, names)
     metrics.update({f"{name}/loss": losses[i].item() for i, name in enumerate(names)})
-    return losses, metrics
+    return losses, logps, metrics
 
 
 def world_scores(run, model, tokenizer, cfg, weights, names, pairs, reference=None):
@@ -165,8 +167,8 @@ def main(cfg):
                 indices = next(stream)  # line 1: a minibatch of pairs
                 batch = collate([pairs[i] for i in indices], tokenizer, cfg.max_length, cfg.max_prompt_length,
                                 run.device, indices)
-                losses, metrics = objective_losses(policy, reference, batch, cfg, names)  # line 2: every L_i
-                combine.backward(losses)  # line 2: each g_i, one backward pass per objective
+                losses, logps, metrics = objective_losses(policy, reference, batch, cfg, names)  # line 2: every L_i
+                combine.backward(losses, logps)  # line 2: each g_i, one backward pass per objective
                 for key, value in metrics.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + value / cfg.grad_accum
             step_metrics.update(combine.finish())  # lines 3-7: .grad = d = sum_i a_i g_i, and its diagnostics

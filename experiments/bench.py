@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 import torch
 
@@ -33,7 +34,7 @@ from harness.batches import tokenize_pairs
 from harness.command_line import THREADS_HELP, OneLineParser, check_flags, check_positive, run_command, use_threads
 from harness.models import load_model, pick_device
 from harness.preference_data import load_pairs
-from harness.scale import ScaledBackward
+from harness.scale import multi_objective_backward
 
 WEIGHTS = [0.5, 0.5]
 
@@ -90,7 +91,8 @@ def bench_model(device):
 
 class Step:
     """train.py's step on a fixed batch: reference forward, policy forward, losses, the multi-objective backward
-    (harness/scale.ScaledBackward: DPO-LW's single backward pass, the subset Gram), clip, AdamW. method "dpo": plain
+    (harness/scale.multi_objective_backward: DPO-LW's single backward pass, the subset Gram), clip, AdamW. method
+    "dpo": plain
     single-objective DPO (one loss, one backward), what any DPO trainer costs."""
 
     def __init__(self, model, batch, method, gram_layers=0):
@@ -102,22 +104,22 @@ class Step:
             self.reference.to(torch.bfloat16)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-6)
-        blocks = model.model.layers[len(model.model.layers) - gram_layers:] if gram_layers else []
-        self.backward = ScaledBackward(trainable, [1.0] if method == "dpo" else WEIGHTS,
-                                       "lw" if method == "dpo" else method,
-                                       gram_params=[p for b in blocks for p in b.parameters()] or None,
-                                       diagnostics=lambda: False)  # as on train.py's steps that log nothing
+        config = types.SimpleNamespace(gram_layers=gram_layers, solve_per="step", c=0.4, backward="per_objective")
+        self.backward = multi_objective_backward(config, model, trainable, [1.0] if method == "dpo" else WEIGHTS,
+                                                 "lw" if method == "dpo" else method, None,
+                                                 lambda: False)  # as on train.py's steps that log nothing
 
     def losses(self):
+        """The losses and the policy's log-probs they read, as train.objective_losses makes them."""
         with self.autocast or torch.autocast("cpu", enabled=False):
-            policy_a, policy_b, _, _ = dpo.completion_logps(self.model, self.batch)
+            logps = dpo.completion_logps(self.model, self.batch)[0]
             with torch.no_grad():
-                ref_a, ref_b, _, _ = dpo.completion_logps(self.reference, self.batch)
+                ref_a, ref_b = dpo.completion_logps(self.reference, self.batch)[0].chunk(2)
         signs = self.batch["signs"][:, :1] if self.method == "dpo" else self.batch["signs"]
-        return dpo.dpo_losses(dpo.log_ratio_margin(policy_a, policy_b, ref_a, ref_b), signs, 0.1)
+        return dpo.dpo_losses(dpo.log_ratio_margin(*logps.chunk(2), ref_a, ref_b), signs, 0.1), logps
 
     def __call__(self):
-        self.backward.backward(self.losses())
+        self.backward.backward(*self.losses())
         self.backward.finish()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -125,7 +127,7 @@ class Step:
 
     def direction(self):
         """The direction this step writes into .grad, flattened; no update."""
-        self.backward.backward(self.losses())
+        self.backward.backward(*self.losses())
         self.backward.finish()
         d = torch.cat([p.grad.reshape(-1) for p in self.model.parameters() if p.grad is not None]).clone()
         self.optimizer.zero_grad(set_to_none=True)

@@ -120,7 +120,7 @@ def autocast(device, bf16):
 
 def pair_logps(model, tokenizer, pairs, max_length, max_prompt_length, device, bf16=False):
     """Summed response log-probs of y_a and y_b for a list of pairs, in one forward pass (dpo.completion_logps).
-    Returns logps_a, logps_b, lengths_a, lengths_b, each (B,)."""
+    Returns logps_a, logps_b, each (B,)."""
     batch = collate(pairs, tokenizer, max_length, max_prompt_length, device)
     with autocast(device, bf16):
-        return dpo.completion_logps(model, batch)
+        return dpo.completion_logps(model, batch)[0].chunk(2)

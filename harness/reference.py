@@ -37,7 +37,7 @@ class Reference:
             return ref_a, ref_b
         adapters_off = self.lora_policy.disable_adapter() if self.model is None else nullcontext()
         with adapters_off, autocast(batch["input_ids"].device, self.bf16):
-            return dpo.completion_logps(self.model if self.model is not None else self.lora_policy, batch)[:2]
+            return dpo.completion_logps(self.model if self.model is not None else self.lora_policy, batch)[0].chunk(2)
 
     def as_model(self, device):
         """pi_ref as a model, for the KL of samples: the frozen copy, or the initial model loaded again."""
@@ -115,7 +115,7 @@ def reference_logps(model, tokenizer, pairs, batch_size, max_length, max_prompt_
     out = []
     for start in tqdm(range(0, len(share), batch_size), desc="reference log-probs", disable=rank != 0):
         batch = [pairs[i] for i in share[start:start + batch_size]]
-        out.append(torch.stack(pair_logps(model, tokenizer, batch, max_length, max_prompt_length, device, bf16)[:2]))
+        out.append(torch.stack(pair_logps(model, tokenizer, batch, max_length, max_prompt_length, device, bf16)))
     mine = torch.cat(out, 1).float()
     if world_size == 1:
         return mine

@@ -90,11 +90,16 @@ def token_batch(seed):
 
 
 def conflicting_losses(model, input_ids):
-    """Two objectives that pull the same logits different ways: predict the next token, or token 7 everywhere."""
-    logits = model(input_ids=input_ids).logits[:, :-1]
-    next_token = torch.nn.functional.cross_entropy(logits.reshape(-1, 40), input_ids[:, 1:].reshape(-1))
-    always_seven = -logits.log_softmax(-1)[..., 7].mean()
-    return torch.stack([next_token, always_seven])
+    """Two objectives that pull the same logits different ways: raise the log-likelihood of the sequences, or of the
+    same prompts (their first 3 tokens) continued by token 7 everywhere. Like DPO's, both read the model only through
+    the log-probs of whole responses (the tokens after the prompt): returns (losses (2,), logps (6,): the 3 sequences,
+    then their token-7 versions), as raco.MultiObjectiveBackward.backward takes them."""
+    sevens = input_ids.clone()
+    sevens[:, 3:] = 7
+    rows = torch.cat([input_ids, sevens])
+    token_logps = model(input_ids=rows).logits[:, :-1].log_softmax(-1).gather(-1, rows[:, 1:, None]).squeeze(-1)
+    logps = token_logps[:, 2:].sum(-1)  # the tokens after the prompt, in the model's dtype (float64)
+    return torch.stack([-logps[:3].mean(), -logps[3:].mean()]), logps
 
 
 def flat_gradients(model, input_ids):
@@ -102,7 +107,7 @@ def flat_gradients(model, input_ids):
     rows = []
     for i in range(2):
         model.zero_grad()
-        conflicting_losses(model, input_ids)[i].backward()
+        conflicting_losses(model, input_ids)[0][i].backward()
         rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     model.zero_grad()
     return torch.stack(rows)
@@ -110,4 +115,3 @@ def flat_gradients(model, input_ids):
 
 def grad_vector(model):
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-

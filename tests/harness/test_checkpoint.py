@@ -262,9 +262,9 @@ def test_steps_skipped_at_the_end_of_a_run_are_never_silent(tiny_model_dir, tiny
     honest, calls = train.objective_losses, []
 
     def nan_at_the_end(*args):  # the last two of five steps have a non-finite loss
-        losses, metrics = honest(*args)
+        losses, logps, metrics = honest(*args)
         calls.append(1)
-        return (losses * float("nan"), metrics) if len(calls) > 3 else (losses, metrics)
+        return (losses * float("nan"), logps, metrics) if len(calls) > 3 else (losses, logps, metrics)
 
     monkeypatch.setattr(train, "objective_losses", nan_at_the_end)
     summary = train.main(train.parse_args(flags(tiny_model_dir, tiny_pairs, tmp_path / "run", "--steps", "5",

@@ -16,9 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 
 import train
-from harness.scale import ScaledBackward
+from harness.scale import ScaledBackward, ShardedRows
+from raco import MultiObjectiveBackward
 from tiny import ROOT, tiny_llama, word_tokenizer
 
 WEIGHTS = [0.4, 0.6]
@@ -34,9 +36,10 @@ def model_and_data():
 
 
 def losses(model, x, targets):
-    """Two objectives per example that conflict: fit the targets, or keep the outputs small (means over rows)."""
-    out = model(x)
-    return torch.stack([((out - targets) ** 2).mean(), (out.sum(1) + 1.0).pow(2).mean()])
+    """Two objectives that conflict, reading one number per row as DPO's losses read one log-prob per response: fit
+    it to the targets' sum, or keep it near -1. Returns (losses (2,), the rows' numbers)."""
+    rows = model(x).sum(1)
+    return torch.stack([(rows - targets.sum(1)).pow(2).mean(), (rows + 1.0).pow(2).mean()]), rows
 
 
 def run_steps(model, micro_batches, solve_per):
@@ -44,10 +47,13 @@ def run_steps(model, micro_batches, solve_per):
     final parameters, each flattened (whole tensors, gathered from the shards under FSDP)."""
     whole = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t  # noqa: E731
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
-    step = ScaledBackward(model.parameters(), WEIGHTS, "raco", c=0.5, solve_per=solve_per)
+    params = list(model.parameters())
+    sharded = any(isinstance(p, DTensor) for p in params)
+    rows = (ShardedRows if sharded else MultiObjectiveBackward)(params, WEIGHTS, "raco", c=0.5)
+    step = ScaledBackward(rows, solve_per, sharded)
     for k in range(STEPS):
         for x, targets in micro_batches(k):
-            step.backward(losses(model, x, targets))
+            step.backward(*losses(model, x, targets))
         step.finish()
         if k == 0:
             direction = torch.cat([whole(p.grad).reshape(-1) for p in model.parameters()])

@@ -50,8 +50,8 @@ def test_reference_against_itself_has_zero_margins_and_batching_changes_nothing(
         signed = []
         for p in pairs:
             tokens = tokenize_pairs(tokenizer, [p.prompt], [p.response_a], [p.response_b])
-            pa, pb, _, _ = dpo.completion_logps(policy, tokens)
-            ra, rb, _, _ = dpo.completion_logps(reference, tokens)
+            pa, pb = dpo.completion_logps(policy, tokens)[0]
+            ra, rb = dpo.completion_logps(reference, tokens)[0]
             if p.signs[i]:
                 signed.append(cfg.beta * p.signs[i] * ((pa - pb) - (ra - rb)).item())
         assert batched[name]["accuracy"] == pytest.approx(sum(s > 0 for s in signed) / len(signed))

@@ -118,8 +118,8 @@ def test_one_forward_stacks_a_then_b(tokenizer, model):
         assert batch["input_ids"][row, :n].tolist() == expected
     # swapping y_a and y_b must swap the outputs: catches a mix-up of halves in completion_logps
     with torch.no_grad():
-        la, lb, na, nb = completion_logps(model, batch)
-        sa, sb, _, _ = completion_logps(model, tokenize_pairs(tokenizer, PROMPTS, RESP_B, RESP_A))
+        (la, lb), (na, nb) = (x.chunk(2) for x in completion_logps(model, batch))
+        sa, sb = completion_logps(model, tokenize_pairs(tokenizer, PROMPTS, RESP_B, RESP_A))[0].chunk(2)
     assert torch.allclose(la, sb, atol=1e-5) and torch.allclose(lb, sa, atol=1e-5)
     assert not torch.allclose(la, lb)
     assert na.tolist() == [6, 2] and nb.tolist() == [2, 10]  # words + EOS
@@ -130,14 +130,14 @@ def test_prompt_tokens_do_not_count(tokenizer, model):
     for row, P in enumerate(prompt_lengths):
         assert batch["completion_mask"][row, :P].sum() == 0 and batch["completion_mask"][row, P] == 1
     with torch.no_grad():
-        la, lb, _, _ = completion_logps(model, batch)
+        logps, _ = completion_logps(model, batch)  # rows: y_a of each pair, then y_b
         # independent: run the model on each unpadded prefix and score the next token, response positions only
         for row, P in enumerate(prompt_lengths):
             n = batch["attention_mask"][row].sum().item()
             ids = batch["input_ids"][row, :n]
             expected = sum(torch.log_softmax(model(input_ids=ids[None, :t]).logits[0, -1], -1)[ids[t]].item()
                            for t in range(P, n))
-            assert torch.cat([la, lb])[row].item() == pytest.approx(expected, abs=1e-4)
+            assert logps[row].item() == pytest.approx(expected, abs=1e-4)
 
 
 def test_padding_does_not_count(tokenizer, model):
@@ -145,15 +145,15 @@ def test_padding_does_not_count(tokenizer, model):
     padding = batch["attention_mask"] == 0
     assert padding.any() and (batch["completion_mask"][padding] == 0).all()
     with torch.no_grad():
-        before = torch.cat(completion_logps(model, batch)[:2])
+        before = completion_logps(model, batch)[0]
         scrambled = dict(batch, input_ids=batch["input_ids"].clone())
         scrambled["input_ids"][padding] = torch.randint(4, 40, (int(padding.sum()),))
-        after = torch.cat(completion_logps(model, scrambled)[:2])
+        after = completion_logps(model, scrambled)[0]
         assert torch.allclose(before, after, atol=1e-6)
         # a pair scored alone (no padding at all) gives the same numbers as inside the padded batch
         for i in range(2):
-            alone = torch.cat(completion_logps(model, tokenize_pairs(tokenizer, PROMPTS[i:i + 1], RESP_A[i:i + 1],
-                                                                     RESP_B[i:i + 1]))[:2])
+            alone = completion_logps(model, tokenize_pairs(tokenizer, PROMPTS[i:i + 1], RESP_A[i:i + 1],
+                                                           RESP_B[i:i + 1]))[0]
             assert torch.allclose(alone, before[[i, 2 + i]], atol=1e-5)
 
 # ----------------------------------------------------------------------------- metrics

@@ -17,7 +17,7 @@ def test_direction_equals_flat_gradient_computation(method):
     F = flat_gradients(model, ids)
     a_flat, _ = coefficients(F @ F.T, WEIGHTS, method, c=0.4)
     step = MultiObjectiveBackward(model.parameters(), WEIGHTS, method, c=0.4, names=["next", "seven"])
-    step.backward(conflicting_losses(model, ids))
+    step.backward(*conflicting_losses(model, ids))
     diagnostics = step.finish()
     assert torch.allclose(torch.tensor([diagnostics["a/next"], diagnostics["a/seven"]], dtype=torch.float64),
                           a_flat, rtol=1e-10)
@@ -35,7 +35,7 @@ def test_gram_in_blocks_matches_flat_inner_products():
 def test_direction_matches_finite_differences():
     model, ids = conflicting_model(), token_batch(2)
     step = MultiObjectiveBackward(model.parameters(), WEIGHTS, "raco", c=0.6)
-    step.backward(conflicting_losses(model, ids))
+    step.backward(*conflicting_losses(model, ids))
     diagnostics = step.finish()
     a = torch.tensor([diagnostics["a/0"], diagnostics["a/1"]], dtype=torch.float64)
     d = grad_vector(model)
@@ -48,7 +48,7 @@ def test_direction_matches_finite_differences():
     def losses_at(x):
         torch.nn.utils.vector_to_parameters(x, params)
         with torch.no_grad():
-            return conflicting_losses(model, ids)
+            return conflicting_losses(model, ids)[0]
 
     eps = 1e-3  # central differences: O(eps^2) truncation; smaller eps meets float32 parts of the model's forward
     directional = (losses_at(theta + eps * v) - losses_at(theta - eps * v)) / (2 * eps)  # <g_i, v> for each i
@@ -63,7 +63,7 @@ def test_accumulate_gradients_then_solve_once():
     a, _ = coefficients(F @ F.T, WEIGHTS, "raco")
     step = MultiObjectiveBackward(model.parameters(), WEIGHTS, "raco")
     for x in ids:
-        step.backward(conflicting_losses(model, x))
+        step.backward(*conflicting_losses(model, x))
     step.finish()
     assert torch.allclose(grad_vector(model), a @ F, rtol=1e-9, atol=1e-14)
 
@@ -73,7 +73,7 @@ def test_frozen_and_unused_parameters():
     model.model.embed_tokens.weight.requires_grad_(False)
     extra = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))  # reached by no loss
     step = MultiObjectiveBackward(list(model.parameters()) + [extra], WEIGHTS, "raco")
-    step.backward(conflicting_losses(model, ids))
+    step.backward(*conflicting_losses(model, ids))
     step.finish()
     assert model.model.embed_tokens.weight.grad is None
     assert torch.equal(extra.grad, torch.zeros(3, dtype=torch.float64))
@@ -82,19 +82,19 @@ def test_frozen_and_unused_parameters():
 def test_an_optimizer_steps_on_the_direction():
     model, ids = conflicting_model(), token_batch(4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    before = (torch.tensor(WEIGHTS, dtype=torch.float64) @ conflicting_losses(model, ids)).item()
+    before = (torch.tensor(WEIGHTS, dtype=torch.float64) @ conflicting_losses(model, ids)[0]).item()
     for _ in range(5):
         step = MultiObjectiveBackward(model.parameters(), WEIGHTS, "raco")
-        step.backward(conflicting_losses(model, ids))
+        step.backward(*conflicting_losses(model, ids))
         step.finish()
         optimizer.step()
-    assert (torch.tensor(WEIGHTS, dtype=torch.float64) @ conflicting_losses(model, ids)).item() < before
+    assert (torch.tensor(WEIGHTS, dtype=torch.float64) @ conflicting_losses(model, ids)[0]).item() < before
 
 
 def test_bad_use_is_reported():
     model, ids = conflicting_model(), token_batch(0)
     step = MultiObjectiveBackward(model.parameters(), [0.2, 0.3, 0.5])
     with pytest.raises(ValueError, match="3 weights"):
-        step.backward(conflicting_losses(model, ids))
+        step.backward(*conflicting_losses(model, ids))
     with pytest.raises(RuntimeError, match="before any backward"):
         step.finish()
