@@ -54,6 +54,9 @@ class Config:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     solve_per: str = field(default="step", metadata={
         "help": "step | micro_batch: where the dual is solved under accumulation (see harness/scale.py)"})
+    backward: str = field(default="per_objective", metadata={
+        "help": "per_objective | shared: the m gradients from m backward passes, or exactly the same from one "
+                "(harness/shared_backward.py)"})
     objectives: str = field(default="", metadata={
         "help": "the data's objectives to use, in order (\"\": all; the world's: quality,conciseness)"})
     model: str = field(default="models/world-tiny", metadata={"help": "local directory or hub id"})

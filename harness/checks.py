@@ -48,6 +48,7 @@ def check_config(cfg):
                       ("log_every", cfg.log_every > 0), ("save_every", cfg.save_every >= 0),
                       ("keep_checkpoints", cfg.keep_checkpoints > 0), ("max_bad_steps", cfg.max_bad_steps > 0),
                       ("solve_per", cfg.solve_per in ("step", "micro_batch")), ("gram_layers", cfg.gram_layers >= 0),
+                      ("backward", cfg.backward in ("per_objective", "shared")),
                       ("dtype", cfg.dtype in ("float32", "bfloat16")), ("seed", 0 <= cfg.seed < SEED_LIMIT),
                       ("threads", cfg.threads >= 0)])
     if not 0 < cfg.max_prompt_length < cfg.max_length:
@@ -61,6 +62,8 @@ def check_config(cfg):
         raise UsageError("--fsdp: invalid value True (launch with torchrun)")
     if cfg.fsdp and (cfg.lora_r > 0 or cfg.gram_layers > 0):
         raise UsageError("--fsdp: not with --lora-r or --gram-layers (LoRA's adapters need no sharding)")
+    if cfg.gram_layers > 0 and cfg.backward == "shared":
+        raise UsageError("--backward shared: not with --gram-layers, whose subset Gram matrix has a backward of its own")
     if cfg.gram_layers > 0 and cfg.grad_accum > 1 and cfg.solve_per == "step":
         raise UsageError("--gram-layers: solves per micro-batch; with --grad-accum > 1 pass --solve-per micro_batch")
     pick_device(cfg.device)  # a bad or unavailable --device fails here, before anything is loaded

@@ -24,6 +24,7 @@ from torch.distributed.tensor import DTensor
 
 from harness import distributed
 from harness.models import transformer_blocks
+from harness.shared_backward import shared_or_fallback
 from raco import MultiObjectiveBackward, flat_views, gradient_rows, gram, objective_cotangents
 
 WEIGHTED_LOSS_METHODS = ("lw",)  # d = g0: one backward pass, no Gram matrix needed
@@ -40,7 +41,10 @@ def multi_objective_backward(cfg, policy, params, weights, method, names, logs_t
                                   [p for block in blocks for p in block.parameters() if p.requires_grad])
     sharded = any(isinstance(p, DTensor) for p in params)
     per_objective = ShardedRows if sharded else MultiObjectiveBackward
-    rows = per_objective(params, weights, method, cfg.c, names)
+    if cfg.backward == "shared":  # one backward pass for all m objectives, where it applies
+        rows = shared_or_fallback(cfg, policy, params, weights, method, names, per_objective)
+    else:
+        rows = per_objective(params, weights, method, cfg.c, names)
     if distributed.world_size() > 1 or cfg.solve_per == "micro_batch":
         rows = ScaledBackward(rows, cfg.solve_per, sharded)
     return WeightedLossBackward(rows, logs_this_step) if method in WEIGHTED_LOSS_METHODS else rows
