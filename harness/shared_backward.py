@@ -62,8 +62,10 @@ def uncovered(model, params):
             if id(param) in trainable:
                 owners.setdefault(id(param), []).append((f"{name}.{param_name}" if name else param_name, module))
     for param in params:
-        for name, module in owners.get(id(param), [("?", None)]):
-            if module is None or kind_of(module) is None:
+        if id(param) not in owners:
+            return f"a trainable parameter of shape {tuple(param.shape)} is not in the model"
+        for name, module in owners[id(param)]:
+            if kind_of(module) is None:
                 return f"parameter {name} belongs to a {type(module).__name__}, which it does not cover (Linear, " \
                        "Embedding, RMSNorm, LayerNorm)"
     if not any(isinstance(m, torch.nn.Embedding) for m in model.modules()):

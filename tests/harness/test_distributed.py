@@ -126,22 +126,25 @@ def tied_model_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_train_py_under_torchrun_replicated_and_fsdp_equals_one_process_and_fsdp_resumes_exactly(
+def test_train_py_under_torchrun_replicated_fsdp_and_shared_equal_one_process_and_fsdp_resumes_exactly(
         tied_model_dir, tiny_pairs, tmp_path):
     common = ["--model", tied_model_dir, "--data", tiny_pairs, "--steps", "4", "--log-every", "1", "--lr", "1e-2",
               "--eval-prompts", "0", "--save-every", "2", "--method", "raco", "--weights", "0.3,0.7"]
     train.main(train.parse_args([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]))
     one = metrics(tmp_path / "one")
     weights = lambda run: load_file(str(tmp_path / run / "policy" / "model.safetensors"))  # noqa: E731
-    for run, extra in (("replicated", []), ("fsdp", ["--fsdp"])):
+    for run, extra in (("replicated", []), ("fsdp", ["--fsdp"]), ("replicated-shared", ["--backward", "shared"])):
         logged = torchrun([*common, "--batch-size", "2", *extra], tmp_path / run)
         # each process saw 2 of the 4 pairs; the logged losses and coefficients are the mean over processes
         for a, b in zip(one, logged, strict=True):
             for key in ("good/loss", "short/loss", "good/rewards/margins", "a/good", "grad_norm"):
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (run, key)
         assert weights(run).keys() == weights("one").keys(), run  # a tied weight saved once, as one process saves it
+        # the one shared pass rounds the gradients differently, and AdamW divides each coordinate by its own size: a
+        # near-zero gradient rounded otherwise moves its weight by up to ~1e-6 over these steps at lr 1e-2
+        atol = 1e-5 if "shared" in run else 1e-6
         for key, value in weights("one").items():
-            assert torch.allclose(value, weights(run)[key], rtol=1e-4, atol=1e-6), (run, key)
+            assert torch.allclose(value, weights(run)[key], rtol=1e-4, atol=atol), (run, key)
     # FSDP resume from a torch.distributed.checkpoint checkpoint: as if stopped right after step 2
     final = weights("fsdp")
     out = tmp_path / "fsdp"
