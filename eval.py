@@ -31,13 +31,14 @@ import train
 import world
 from harness.batches import pair_logps
 from harness.checks import check_config
-from harness.command_line import (THREADS_HELP, OneLineParser, UsageError, check_flags, check_positive, check_sampling,
+from harness.command_line import (THREADS_HELP, OneLineParser, check_flags, check_positive, check_sampling,
                                   run_command, use_threads)
+from harness.errors import UsageError
 from harness.metrics import mean_se
 from harness.models import check_model_path, eval_mode, load_model, load_tokenizer, pick_device
 from harness.preference_data import load_pairs
 from harness.run_directory import check_writable, write_json
-from harness.sampling import evaluate_samples, sample
+from harness.sampling import Sampling, evaluate_samples, sample
 
 
 def parse_reward_models(spec, taken=()):
@@ -195,10 +196,11 @@ def evaluate_checkpoint(args):
         result["samples"] = {"prompts": len(prompts), "per_prompt": args.samples, "temperature": args.temperature}
         rewards = {name: functools.partial(reward_scores, model, rm_tokenizer, batch_size=args.batch_size)
                    for name, (rm_tokenizer, model) in reward_models.items()}
+        how = Sampling(args.samples, args.temperature, args.max_new_tokens, args.seed, args.batch_size,
+                       cfg.max_prompt_length)
         for label, model in (("reference", reference), ("policy", policy)):
             result["samples"][label], result["samples"][label + "_examples"] = evaluate_samples(
-                model, tokenizer, prompts, world.score if on_world else None, rewards, args.samples, args.temperature,
-                args.seed, reference, args.max_new_tokens, args.batch_size, cfg.max_prompt_length)
+                model, tokenizer, prompts, how, world.score if on_world else None, rewards, reference)
     write_json(out, result)
     show = lambda d, k: f"{d[k]:.3f} ± {d[k + '_se']:.3f}"  # noqa: E731
     print(f"{cfg.method} {summary['weights']} against {result['reference']}, held-out pairs of {source}")
@@ -261,8 +263,8 @@ def sample_prompts(args):
     device = pick_device(args.device)
     use_threads(args.threads, device)
     tokenizer, policy = load_model(policy_dir, device, "--checkpoint")
-    texts, _ = sample(policy, tokenizer, prompts, args.samples, args.temperature, args.max_new_tokens, args.seed,
-                      args.batch_size)
+    texts, _ = sample(policy, tokenizer, prompts,
+                      Sampling(args.samples, args.temperature, args.max_new_tokens, args.seed, args.batch_size))
     for prompt, responses in zip(prompts, texts):
         print(prompt)
         for response in responses:

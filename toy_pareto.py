@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cagrad import METHODS, coefficients
-from harness.command_line import THREADS_HELP, OneLineParser, check_flags, run_command, use_threads
+from harness.command_line import THREADS_HELP, OneLineParser, check_c, check_flags, run_command, use_threads
 from harness.run_directory import check_writable
 
 Claim = namedtuple("Claim", "name passed detail")
@@ -160,7 +160,7 @@ def check_quadratics(dims=(2, 50, 100), seeds=range(10), c=0.4, eta_scale=0.5, m
 # 2. The worked example (docs/method.md, "How toy_pareto.py checks these").
 
 def worked_example():
-    """g1 = (1, -4), g2 = (-1, 1), w = (0.2, 0.8), c = 0.5, L_w = 3, eta = 0.1 through cagrad.coefficients; lam_grid,
+    """g1 = (1, -4), g2 = (-1, 1), w = (0.2, 0.8), c = 0.5, L = 3, eta = 0.1 through cagrad.coefficients; lam_grid,
     an independent check of the dual, minimises Phi over 10^6 + 1 values of lam, computed from the vectors."""
     g, w, c, L_eta = np.array([[1.0, -4.0], [-1.0, 1.0]]), np.array([0.2, 0.8]), 0.5, 3 * 0.1
     _, info = coefficients(g @ g.T, w, "raco", c)
@@ -404,7 +404,8 @@ def main(argv=None):
     parser.add_argument("--beta2", type=float, default=0.9, help="toy: Adam's second-moment decay (see run_cagrad_toy)")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(argv)
-    check_flags(args, [("c", 0 <= args.c < 1), ("eta_scale", 0 < args.eta_scale <= 1),
+    check_c(args.c)
+    check_flags(args, [("eta_scale", 0 < args.eta_scale <= 1),
                        ("seeds", args.seeds > 0),  # --seeds 0 would check nothing and pass
                        ("steps", args.steps > 0), ("lr", 0 < args.lr < math.inf), ("beta2", 0 <= args.beta2 < 1),
                        ("threads", args.threads >= 0)])

@@ -37,6 +37,7 @@ from harness.models import load_model, load_tokenizer
 from harness.reference import policy_and_reference
 from harness.run import Run
 from harness.run_directory import left_behind
+from harness.sampling import score_on_world
 from harness.scale import multi_objective_backward
 
 
@@ -129,13 +130,13 @@ def objective_losses(policy, reference, batch, cfg, names):
 
 
 def world_scores(run, model, tokenizer, cfg, weights, names, pairs, reference=None):
-    """world.evaluate's exact scores of samples on --eval-prompts held-out prompts, and KL to the reference if one is
-    given; None unless the data is the world's and this process evaluates."""
+    """The world's exact scores of samples on --eval-prompts held-out prompts (harness/sampling.score_on_world), and
+    KL to the reference if one is given; None unless the data is the world's and this process evaluates."""
     on_world = set(names) <= set(world.OBJECTIVES) and world.is_world_prompt(pairs[0].prompt)
     if cfg.eval_prompts <= 0 or not on_world or not run.evaluates:
         return None
     reference = reference.as_model(run.device) if reference is not None else None
-    return world.evaluate(model, tokenizer, names, weights, cfg.eval_prompts, cfg.seed, reference)
+    return score_on_world(model, tokenizer, names, weights, cfg.eval_prompts, cfg.seed, reference)
 
 
 def main(cfg):
@@ -171,7 +172,7 @@ def main(cfg):
                 batch = collate([pairs[i] for i in indices], tokenizer, cfg.max_length, cfg.max_prompt_length,
                                 run.device, indices)
                 losses, logps, metrics = objective_losses(policy, reference, batch, cfg, names)  # line 2: every L_i
-                combine.backward(losses, logps)  # line 2: each g_i, one backward pass per objective
+                combine.backward(losses, logps)  # line 2: each g_i, a backward pass each (or one: --backward shared)
                 for key, value in metrics.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + value / cfg.grad_accum
             step_metrics.update(combine.finish())  # lines 3-7: .grad = d = sum_i a_i g_i, and its diagnostics
@@ -184,7 +185,10 @@ def main(cfg):
                 optimizer.step()  # line 8: theta <- theta - eta d, with AdamW's eta
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            run.end_step(step, step_metrics if finite else None)  # log; checkpoint; stop on Ctrl-C or divergence
+            if run.end_step(step, step_metrics if finite else None):  # log; checkpoint; True after Ctrl-C, SIGTERM
+                break
+        if run.interrupted:  # the checkpoint is saved: exit 130 (Ctrl-C) or 143 (SIGTERM), nothing evaluated
+            raise SystemExit(128 + run.interrupted)
 
         # Save: the policy's scores beside the reference's, the policy in Hugging Face format, summary.json.
         after = world_scores(run, policy, tokenizer, cfg, weights, names, pairs, reference)

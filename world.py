@@ -31,15 +31,13 @@ nothing" would be maximally concise and vacuously faithful, and a conciseness-he
 to emit EOS at once. `well_formed` is reported as its own metric so that any collapse towards junk stays visible.
 `exact_front` gives the best trade-off any policy can reach: each prompt's best responses are known, so it is exact.
 
-The reference model and the preference pairs are built from this task by experiments/world_build.py.
+The reference model and the preference pairs are built from this task by experiments/world_build.py; a policy is
+sampled and scored on it by harness/sampling.score_on_world.
 """
 import math
 import os
 import random
 import zlib
-
-from harness.metrics import front_gain_2d, pareto_front
-from harness.sampling import evaluate_samples
 
 OBJECTIVES = ("quality", "conciseness", "faithfulness")
 SCORES = OBJECTIVES + ("well_formed", "words")  # what score() returns for a response
@@ -58,7 +56,7 @@ EVAL_SPLIT = 10  # one fact set in EVAL_SPLIT is held out for evaluation (decide
 # prompts
 
 
-def render_prompt(facts):
+def facts_prompt(facts):
     """facts: list of (entity, attribute) -> 'facts: the cat is happy . ... summary:'"""
     return "facts: " + " ".join(f"the {e} is {a} ." for e, a in facts) + " summary:"
 
@@ -94,7 +92,7 @@ def _prompts(n, seed, held_out):
         entities = rng.sample(ENTITIES, rng.randint(FACT_COUNTS[0], FACT_COUNTS[-1]))
         facts = [(e, USUAL[e] if rng.random() < P_USUAL else rng.choice([a for a in ATTRIBUTES if a != USUAL[e]]))
                  for e in entities]
-        prompt = render_prompt(facts)
+        prompt = facts_prompt(facts)
         if is_eval_prompt(prompt) == held_out:
             prompts.append(prompt)
     return prompts
@@ -240,6 +238,17 @@ def conflict_pairs(prompts, pools, level, label_temperature=0.05, seed=0):
 # the exact Pareto front: the best trade-off any policy can reach
 
 
+def dominates(a, b):
+    """a dominates b (every objective maximised): at least as good everywhere and strictly better somewhere."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def pareto_front(points):
+    """The points that no other point dominates, in their input order."""
+    return [p for p in points if not any(dominates(q, p) for q in points)]
+
+
+
 def front_responses(prompt):
     """The only responses that can be on a prompt's Pareto front: its first k facts, bare, for k = 1..n.
 
@@ -248,7 +257,7 @@ def front_responses(prompt):
     is) and 3k <= 3s + F words, so at least its conciseness. For k = 0 (only wrong facts: faithfulness 0, quality 0,
     >= 3 words) the 1-fact response is better, and an ill-formed response scores 0 everywhere. Which k facts, and
     whether they are the usual attributes, does not matter: the scores count facts, and a policy reads the prompt.
-    tests/test_world.py checks this by brute force.
+    tests/method/test_world.py checks this by brute force.
     """
     facts = list(parse_prompt(prompt).items())
     return [" ".join(f"the {a} {e} ." for e, a in facts[:k]) for k in range(1, len(facts) + 1)]
@@ -268,7 +277,7 @@ def exact_front(objectives=("quality", "conciseness"), prompts=None):
     prompt's front (faithfulness: 1) is carried as its average, so the triple reduces to quality-conciseness.
     """
     if prompts is None:
-        prompts = [render_prompt([(e, USUAL[e]) for e in ENTITIES[:n]]) for n in FACT_COUNTS]
+        prompts = [facts_prompt([(e, USUAL[e]) for e in ENTITIES[:n]]) for n in FACT_COUNTS]
     fronts = [sorted(pareto_front({tuple(score(p, r)[k] for k in objectives) for r in front_responses(p)}))
               for p in prompts]  # sorted by the first objective that varies: those before it are constant
     varying = [i for i in range(len(objectives)) if any(len({v[i] for v in f}) > 1 for f in fronts)]
@@ -298,23 +307,7 @@ def exact_front(objectives=("quality", "conciseness"), prompts=None):
 
 
 # -----------------------------------------------------------------------------
-# a policy on the world
-
-
-def evaluate(model, tokenizer, names, weights, num_prompts, seed=0, reference=None):
-    """On num_prompts held-out prompts: the mean exact scores of fresh samples (4 per prompt, temperature 0.6) with
-    standard errors, the weighted score, KL(model || reference) given one (else 0: the reference itself),
-    "to_front": how much more of both names[0] and names[1] the exact front offers (metrics.front_gain_2d), and
-    "examples": the first response to each of the first prompts (the same prompts for every model)."""
-    prompts = eval_prompts(num_prompts)
-    scores, examples = evaluate_samples(model, tokenizer, prompts, score, seed=seed, reference=reference)
-    scores["weighted"] = sum(w * scores[name] for w, name in zip(weights, names))
-    scores.setdefault("kl", 0.0)
-    if len(names) > 1:
-        front = [v[:2] for v in exact_front(names[:2], prompts)]
-        scores["to_front"] = front_gain_2d((scores[names[0]], scores[names[1]]), front)
-    scores["examples"] = [{"prompt": e["prompt"], "response": e["response"]} for e in examples]
-    return scores
+# a policy's scores, printed
 
 
 def print_comparison(before, after, names, weights, examples=3):

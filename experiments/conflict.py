@@ -25,9 +25,10 @@ import time
 if __package__ in (None, ""):  # run as a script, python experiments/conflict.py: the project's modules are one up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import frontier, pareto
+from experiments import frontier, sweeps
 from experiments.world_build import conflict_data, parse_levels
-from harness.command_line import OneLineParser, UsageError, run_command
+from harness.command_line import OneLineParser, run_command
+from harness.errors import UsageError
 from harness.metrics import hypervolume_2d, hypervolume_3d, mean_se
 from harness.run_directory import write_json
 
@@ -44,15 +45,13 @@ THREE = "0.6:0.2:0.2,0.2:0.6:0.2,0.2:0.2:0.6"
 def train_and_score(args, level, data, names, sweep, methods, c=0.4, tag=""):
     """Every method x weighting x learning rate x seed at one level (frontier.run_points: trained, or reused, and
     scored at --points checkpoints). Returns (rows, shared): the scored checkpoints with the reference at KL 0, and
-    what pareto.prepare loaded (the exact front among it)."""
+    what sweeps.prepare loaded (the exact front among it)."""
     from tqdm import tqdm
     args.data, args.objectives, args.sweep = os.path.join(data, "world_train.jsonl"), ",".join(names), sweep
     args.methods = ",".join(methods)
-    shared = pareto.prepare(args, QUICK, FULL, minimum=1)
+    shared = sweeps.prepare(args, QUICK, FULL, minimum=1)
     rows = [{"method": "reference", "lr": 0.0, "seed": seed, "step": 0,
-             **pareto.evaluate_policy(shared["reference"], shared["reference"], shared["tokenizer"],
-                                      shared["eval_pairs"], shared["prompts"], args,
-                                      pareto.train_config(args, names, seed=seed), shared["device"], names)}
+             **sweeps.evaluate_policy(shared["reference"], shared, args, sweeps.train_config(args, names, seed=seed))}
             for seed in shared["seeds"]]
     runs = [(m, w, lr, seed) for seed in shared["seeds"] for m in shared["methods"] for w in shared["grid"]
             for lr in args.lr_list]
@@ -61,11 +60,11 @@ def train_and_score(args, level, data, names, sweep, methods, c=0.4, tag=""):
         weights = ",".join(f"{x:g}" for x in w)
         out = os.path.join(args.out, "runs", f"level-{level:g}{tag}",
                            f"{method}-w{weights.replace(',', '-')}-lr{lr:g}-s{seed}")
-        cfg = pareto.train_config(args, names, method=method, weights=weights, seed=seed, lr=lr, c=c,
+        cfg = sweeps.train_config(args, names, method=method, weights=weights, seed=seed, lr=lr, c=c,
                                   save_every=max(1, args.steps // args.points), keep_checkpoints=args.points, out=out)
-        with pareto.quietly():
+        with sweeps.quietly():
             points, _ = frontier.run_points(cfg, shared, args, names)
-        diagnostics = pareto.run_diagnostics(out, names)
+        diagnostics = sweeps.run_diagnostics(out, names)
         rows += [{**point, "c": c, **diagnostics} for point in points]
     return rows, shared
 
@@ -118,7 +117,7 @@ def summarise(rows, shared, names):
     for a, b in COMPARISONS:
         if {a, b} <= set(methods):
             entry[f"{a}_minus_{b}"] = per_seed(matched_kl(rows, a, b, grid, seeds, names), seeds)
-    exact = pareto.exact_hypervolume(shared["front"], names)
+    exact = sweeps.exact_hypervolume(shared["front"], names)
     budget, shares = hypervolume_shares(rows, methods, grid, seeds, names, exact)
     entry["kl_budget"] = budget
     entry["hypervolume_share"] = {m: per_seed(shares[m], seeds) for m in methods}
@@ -140,7 +139,7 @@ def data_statistics(directory, names):
 
 def run_conflict(args):
     started = time.time()
-    with pareto.quietly():
+    with sweeps.quietly():
         directories = conflict_data(args.model, os.path.join(args.out, "data"), args.level_list, args.pool_prompts,
                                     held_out=os.path.join(os.path.dirname(args.data), "world_eval.jsonl"))
     names, report, level_rows = ["quality", "conciseness"], {"settings": settings(args), "levels": []}, {}
@@ -182,7 +181,9 @@ def settings(args):
 def cell(entry, key, digits=3):
     """mean ± standard error; "-" where there is none (no KL that every run reached)."""
     value = entry.get(key)
-    return "-" if value is None or math.isnan(value["mean"]) else f"{value['mean']:+.{digits}f} ± {value['se']:.{digits}f}"
+    if value is None or math.isnan(value["mean"]):
+        return "-"
+    return f"{value['mean']:+.{digits}f} ± {value['se']:.{digits}f}"
 
 
 def write_markdown(report):
@@ -214,7 +215,8 @@ def write_markdown(report):
     if "three_objectives" in report:
         e = report["three_objectives"]
         lines += ["", f"## Three objectives at level {e['level']:g} (weights {THREE})", "",
-                  "| cos(g_q, g_c) | dual interior | clip turns d | by (deg) | RACO - LW | RACO - CAGrad | CAGrad - LW |",
+                  "| cos(g_q, g_c) | dual interior | clip turns d | by (deg) | RACO - LW | RACO - CAGrad "
+                  "| CAGrad - LW |",
                   "|---" * 7 + "|",
                   f"| {e['cosine']:+.3f} | {e['interior']:.2f} | {e['clip_changed']:.2f} | {e['clip_degrees']:.1f} | "
                   f"{cell(e, 'raco_minus_lw')} | {cell(e, 'raco_minus_cagrad')} | {cell(e, 'cagrad_minus_lw')} |"]
@@ -261,7 +263,7 @@ def plot(report, path):
 
 def parse_args(argv=None):
     p = OneLineParser(description=__doc__.split("\n\n")[0])
-    pareto.add_arguments(p, QUICK, FULL)
+    sweeps.add_arguments(p, QUICK, FULL)
     p.add_argument("--levels", help=f"conflict levels (default: {FULL['levels']})")
     p.add_argument("--sweep", help=f"weights of quality (default: {FULL['sweep']}; quick {QUICK['sweep']})")
     p.add_argument("--lrs", help=f"learning rates (default: {FULL['lrs']}; quick {QUICK['lrs']})")
@@ -277,7 +279,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         setattr(args, key, value if getattr(args, key, None) is None else getattr(args, key))
-    args = pareto.check_arguments(args)
+    args = sweeps.check_arguments(args)
     args.level_list, args.two_sweep = parse_levels(args.levels), args.sweep
     args.method_list = [m for m in args.methods.split(",") if m]
     if not args.method_list or not set(args.method_list) <= set(METHODS):
@@ -303,4 +305,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_command(main, interrupted=pareto.left_behind)
+    run_command(main, interrupted=sweeps.left_behind)

@@ -22,10 +22,11 @@ import time
 if __package__ in (None, ""):  # run as a script, python experiments/frontier.py: the project's modules are one up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import pareto
+from experiments import sweeps
 from harness.checkpoints import checkpoints
-from harness.checks import TRAIN_METHODS
-from harness.command_line import OneLineParser, UsageError, run_command
+from harness.checks import TRAIN_METHODS, weight_values
+from harness.command_line import OneLineParser, run_command
+from harness.errors import UsageError
 from harness.metrics import mean_se
 from harness.models import load_model
 from harness.run_directory import write_json
@@ -42,19 +43,18 @@ def run_points(cfg, shared, args, names):
     model and data were written; score every checkpoint (cached in the run's frontier.json). Returns one row per
     checkpoint: step, KL and the scores."""
     cache = os.path.join(cfg.out, "frontier.json")
-    settings = pareto.eval_settings(args)
-    reused = pareto.finished(cfg, shared["inputs_time"])
-    if reused and os.path.isfile(cache) and pareto.read_json(cache)["settings"] == settings:
-        return pareto.read_json(cache)["rows"], True
+    settings = sweeps.eval_settings(args)
+    reused = sweeps.finished(cfg, shared["inputs_time"])
+    if reused and os.path.isfile(cache) and sweeps.read_json(cache)["settings"] == settings:
+        return sweeps.read_json(cache)["rows"], True
     if not reused:
-        pareto.train_run(cfg)
+        sweeps.train_run(cfg)
     rows = []
     for path in checkpoints(cfg.out):
         policy = load_model(os.path.join(path, "policy"), shared["device"])[1]
         rows.append({"method": cfg.method, "lr": cfg.lr, "seed": cfg.seed, "step": int(path.rsplit("-", 1)[1]),
-                     **{f"w_{n}": float(w) for n, w in zip(names, cfg.weights.split(","))},
-                     **pareto.evaluate_policy(policy, shared["reference"], shared["tokenizer"], shared["eval_pairs"],
-                                              shared["prompts"], args, cfg, shared["device"], names)})
+                     **{f"w_{n}": w for n, w in zip(names, weight_values(cfg.weights))},
+                     **sweeps.evaluate_policy(policy, shared, args, cfg)})
     write_json(cache, {"settings": settings, "rows": rows}, strict=False)
     return rows, reused
 
@@ -62,7 +62,7 @@ def run_points(cfg, shared, args, names):
 def run_frontier(args):
     from tqdm import tqdm
     started = time.time()
-    shared = pareto.prepare(args, QUICK, FULL, minimum=1)
+    shared = sweeps.prepare(args, QUICK, FULL, minimum=1)
     names, grid, seeds = shared["names"], shared["grid"], shared["seeds"]
     try:
         lrs = [float(x) for x in args.lrs.split(",")]
@@ -71,20 +71,19 @@ def run_frontier(args):
     if not lrs or not all(0 < lr < math.inf for lr in lrs) or not 1 <= args.points <= args.steps:
         raise UsageError(f"--lrs, --points: expected positive learning rates and 1 <= points <= steps, got "
                          f"{args.lrs!r}, {args.points}")
-    with pareto.quietly():
+    with sweeps.quietly():
         rows = [{"method": "reference", "lr": 0.0, "seed": seed, "step": 0,
-                 **pareto.evaluate_policy(shared["reference"], shared["reference"], shared["tokenizer"],
-                                          shared["eval_pairs"], shared["prompts"], args,
-                                          pareto.train_config(args, names, seed=seed), shared["device"], names)}
+                 **sweeps.evaluate_policy(shared["reference"], shared, args,
+                                          sweeps.train_config(args, names, seed=seed))}
                 for seed in seeds]
     runs = [(m, w, lr, seed) for seed in seeds for m in shared["methods"] for w in grid for lr in lrs]
     progress, reused_runs = tqdm(runs, desc="frontier", unit="run", dynamic_ncols=True), 0
     for method, w, lr, seed in progress:
         tag = "-".join(f"{x:g}" for x in w)
-        cfg = pareto.train_config(args, names, method=method, weights=",".join(f"{x:g}" for x in w), seed=seed,
+        cfg = sweeps.train_config(args, names, method=method, weights=",".join(f"{x:g}" for x in w), seed=seed,
                                   lr=lr, save_every=max(1, args.steps // args.points), keep_checkpoints=args.points,
                                   out=os.path.join(args.out, "runs", f"{method}-w{tag}-lr{lr:g}-s{seed}"))
-        with pareto.quietly():
+        with sweeps.quietly():
             points, reused = run_points(cfg, shared, args, names)
         rows += points
         reused_runs += reused
@@ -205,14 +204,14 @@ def plot_frontiers(rows, shared, path):
 
 def parse_args(argv=None):
     p = OneLineParser(description=__doc__.split("\n\n")[0])
-    pareto.add_arguments(p, QUICK, FULL)
+    sweeps.add_arguments(p, QUICK, FULL)
     p.add_argument("--lrs", help=f"learning rates (default: {FULL['lrs']}; quick {QUICK['lrs']})")
     p.add_argument("--sweep", help=f"weights: of the first objective, or colon-separated vectors (default: "
                                    f"{FULL['sweep']}; quick {QUICK['sweep']})")
     p.add_argument("--points", type=int, help=f"checkpoints scored per run (default: {FULL['points']}; quick "
                                               f"{QUICK['points']})")
     p.add_argument("--out", default="out/frontier", help="the frontier's directory (default: %(default)s)")
-    return pareto.check_arguments(p.parse_args(argv))
+    return sweeps.check_arguments(p.parse_args(argv))
 
 
 def main(argv=None):
@@ -220,4 +219,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_command(main, interrupted=pareto.left_behind)
+    run_command(main, interrupted=sweeps.left_behind)

@@ -18,32 +18,26 @@ Runs already trained are reused, so an interrupted sweep continues.
 """
 import contextlib
 import csv
-import dataclasses
-import io
-import json
 import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 if __package__ in (None, ""):  # run as a script, python experiments/pareto.py: the project's modules are one up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import train
 import world
-from eval import pair_metrics
-from harness.checks import TRAIN_METHODS, check_config
-from harness.command_line import (THREADS_HELP, OneLineParser, UsageError, check_flags, check_positive, check_sampling,
-                                  run_command, use_threads)
-from harness.metrics import (fraction_dominated, front_gain_2d, front_hypervolume_2d, hypervolume_2d, hypervolume_3d,
-                             mean_std, pareto_front, spearman)
-from harness.models import load_model, pick_device
-from harness.preference_data import load_pairs
-from harness.run_directory import check_writable, input_fingerprints, resumable, same_settings, write_json
-from harness.sampling import evaluate_samples
+from experiments.sweeps import (CLIP_KEYS, add_arguments, check_arguments, eval_settings, evaluate_policy,
+                                exact_hypervolume, finished, left_behind, prepare, quietly, read_json, run_diagnostics,
+                                train_config, train_run)
+from harness.checks import TRAIN_METHODS, weight_values
+from harness.command_line import OneLineParser, run_command
+from harness.metrics import (fraction_dominated, front_gain_2d, hypervolume_2d, hypervolume_3d, mean_std, pareto_front,
+                             spearman)
+from harness.models import load_model
+from harness.run_directory import write_json
 
 # The three-objective design: each objective leading once, each pair leading once, and the centre.
 THREE = "0.6:0.2:0.2,0.2:0.6:0.2,0.2:0.2:0.6,0.4:0.4:0.2,0.4:0.2:0.4,0.2:0.4:0.4,0.3333:0.3333:0.3334"
@@ -51,161 +45,35 @@ QUICK = dict(methods=",".join(TRAIN_METHODS), sweep="0.1,0.5,0.9", seeds="0", st
              samples=2, pairs=128)
 FULL = dict(methods=",".join(TRAIN_METHODS), sweep="0.1,0.3,0.5,0.7,0.9", seeds="0,1,2",
             steps=100, prompts=64, samples=4, pairs=256)
-CLIP_KEYS = ("interior", "clip_changed", "cos_cagrad")  # RACO's (and CAGrad's interior) per-step diagnostics
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def evaluate_policy(policy, reference, tokenizer, eval_pairs, prompts, args, cfg, device, names):
-    """Every metric of one policy as one flat row: sampled scores with errors, KL, held-out pair accuracy/margin."""
-    scores, _ = evaluate_samples(policy, tokenizer, prompts, world.score, num_samples=args.samples,
-                                 temperature=args.temperature, seed=cfg.seed, reference=reference,
-                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    row = {k: v for k, v in scores.items() if k != "samples"}
-    for name, m in pair_metrics(policy, reference, tokenizer, eval_pairs, names, cfg, device, args.batch_size).items():
-        row.update({f"pair_accuracy_{name}": m["accuracy"], f"pair_margin_{name}": m["margin"]})
-    return row
-
-
-def run_diagnostics(out, names):
-    """The mean over a run's logged steps of its clip diagnostics and its objectives' gradient cosines."""
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        lines = [json.loads(line) for line in f]
-    keys = list(CLIP_KEYS) + [f"cos/{a}-{b}" for i, a in enumerate(names) for b in names[i + 1:]]
-    return {k: sum(line[k] for line in lines if k in line) / sum(k in line for line in lines)
-            for k in keys if any(k in line for line in lines)}
-
-
-def finished(cfg, inputs_time):
-    """Whether cfg's run finished, with this very config, after the model and data were last written (a rebuilt
-    world keeps its paths)."""
-    summary = os.path.join(cfg.out, "summary.json")
-    return os.path.isfile(summary) and os.path.getmtime(summary) > inputs_time \
-        and same_settings(read_json(summary)["config"], dataclasses.asdict(cfg))
-
-
-def train_run(cfg):
-    """train.main on one run of a sweep: continued where an interrupt left it (the same config, the same inputs, a
-    checkpoint and no summary), else trained afresh over whatever its directory held (--overwrite)."""
-    config = dataclasses.asdict(cfg)
-    train.main(dataclasses.replace(cfg, overwrite=not resumable(config, input_fingerprints(cfg.data, cfg.model))))
-
-
-def eval_settings(args):
-    """The settings a cached evaluation of a run must match to be reused."""
-    return {k: getattr(args, k) for k in ("prompts", "samples", "temperature", "pairs", "max_new_tokens")}
-
-
-def sweep_point(cfg, tokenizer, reference, eval_pairs, prompts, args, device, inputs_time, names):
+def sweep_point(cfg, shared, args):
     """Train one (method, weights, seed) unless it already finished, then evaluate it; the evaluation is cached too,
     so an interrupted sweep continues where it stopped. Returns (row, reused)."""
     summary_path, eval_path = os.path.join(cfg.out, "summary.json"), os.path.join(cfg.out, "eval.json")
-    reused = finished(cfg, inputs_time)
+    reused, names = finished(cfg, shared["inputs_time"]), shared["names"]
     if not reused:
         train_run(cfg)
     settings = eval_settings(args)
     if reused and os.path.isfile(eval_path) and read_json(eval_path)["settings"] == settings:
         return read_json(eval_path)["row"], True
-    policy = load_model(os.path.join(cfg.out, "policy"), device)[1]
+    policy = load_model(os.path.join(cfg.out, "policy"), shared["device"])[1]
     row = {"method": cfg.method, "seed": cfg.seed, "steps": cfg.steps,
-           **{f"w_{n}": float(w) for n, w in zip(names, cfg.weights.split(","))},
-           **evaluate_policy(policy, reference, tokenizer, eval_pairs, prompts, args, cfg, device, names),
+           **{f"w_{n}": w for n, w in zip(names, weight_values(cfg.weights))},
+           **evaluate_policy(policy, shared, args, cfg),
            **run_diagnostics(cfg.out, names), "train_s": read_json(summary_path)["seconds"]}
     write_json(eval_path, {"settings": settings, "row": row}, strict=False)
     return row, reused
 
 
-def weight_grid(text, names, minimum=2):
-    """--sweep: weights of the first objective (two objectives) or colon-separated weight vectors, each summing
-    to 1: a list of at least `minimum` tuples."""
-    try:
-        grid = [tuple(float(x) for x in item.split(":")) for item in text.split(",")]
-    except ValueError:
-        raise UsageError(f"--sweep: expected comma-separated weights, got {text!r}") from None
-    # the values as the runs' --weights spell them (1 - 0.3 is not the float 0.7), so rows match their grid point
-    grid = [tuple(float(f"{x:g}") for x in ((w[0], 1 - w[0]) if len(w) == 1 and len(names) == 2 else w))
-            for w in grid]
-    if len(set(grid)) != len(grid) or len(grid) < minimum or not all(
-            len(w) == len(names) and all(0 < x < 1 for x in w) and abs(sum(w) - 1) < 1e-3 for w in grid):
-        raise UsageError(f"--sweep: expected at least {minimum} distinct weight vectors for {len(names)} objectives, "
-                         f"each in (0, 1) and summing to 1, got {text!r}")
-    return grid
-
-
-def train_config(args, names, **fields):
-    """The train.Config of one run of the sweep; the training flags of pareto.py pass through, `fields` override."""
-    return train.Config(**{**dict(model=args.model, data=args.data, objectives=",".join(names), steps=args.steps,
-                                  lr=args.lr, beta=args.beta, batch_size=args.micro_batch, grad_accum=args.grad_accum,
-                                  solve_per=args.solve_per, eval_prompts=0, device=args.device, save_every=0,
-                                  log_every=max(1, args.steps // 4)), **fields})
-
-
-def prepare(args, quick=QUICK, full=FULL, minimum=2):
-    """Check the sweep's flags and inputs (the defaults from `quick` or `full`), load the reference model and the
-    held-out data: a dict of what every run shares (frontier.py's too)."""
-    for key, value in (quick if args.quick else full).items():
-        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
-    methods = [m for m in args.methods.split(",") if m]
-    if not methods or any(m not in TRAIN_METHODS for m in methods):
-        raise UsageError(f"--methods: expected some of {', '.join(TRAIN_METHODS)}, got {args.methods!r}")
-    names = args.objectives.split(",")
-    if len(set(names)) != len(names) or not set(names) <= set(world.OBJECTIVES) or len(names) not in (2, 3):
-        raise UsageError(f"--objectives: expected two or three of {', '.join(world.OBJECTIVES)}, got "
-                         f"{args.objectives!r}")
-    if len(names) == 3 and args.sweep in (quick["sweep"], full["sweep"]):
-        args.sweep = THREE
-    grid = weight_grid(args.sweep, names, minimum)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise UsageError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    check_sampling(args.temperature, seeds, "--seeds")
-    eval_data = world.held_out_path(args.data)
-    if eval_data is None:
-        raise UsageError(f"--data: expected the embedded world's world_train.jsonl, got {args.data!r}")
-    for path, found in ((args.model, os.path.isdir(args.model)), (args.data, os.path.isfile(args.data)),
-                        (eval_data, os.path.isfile(eval_data))):
-        if not found:
-            raise UsageError(f"{path}: not found; the sweep runs on the embedded world "
-                             "(python experiments/world_build.py build)")
-    check_config(train_config(args, names, out=args.out))
-    inputs = [args.data, eval_data] + [os.path.join(args.model, f) for f in os.listdir(args.model)]
-    device = pick_device(args.device)
-    use_threads(args.threads, device)
-    tokenizer, reference = load_model(args.model, device)
-    eval_pairs, _ = load_pairs(eval_data, "auto", names, tokenizer, limit=args.pairs)
-    prompts = world.eval_prompts(args.prompts)
-    return dict(methods=methods, names=names, grid=grid, seeds=seeds, device=device, tokenizer=tokenizer,
-                reference=reference, eval_pairs=eval_pairs, prompts=prompts,
-                inputs_time=max(os.path.getmtime(p) for p in inputs), front=world.exact_front(names, prompts))
-
-
-@contextmanager
-def quietly():
-    """What each run of a sweep prints -- progress bars, warnings, where it wrote its files -- is kept from the
-    terminal, where the sweep's one progress bar and, at the end, its table stand; a run that fails shows its lines."""
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            yield
-    except BaseException:
-        lines = [line for line in buffer.getvalue().split("\n") if line.strip() and "\r" not in line]
-        sys.stderr.write("".join(line + "\n" for line in lines[-20:]))
-        raise
-
-
 def run_pareto(args):
     from tqdm import tqdm
     started = time.time()
-    s = prepare(args)
+    s = prepare(args, QUICK, FULL, three=THREE)
     names, grid, seeds = s["names"], s["grid"], s["seeds"]
     with quietly():
         rows = [{"method": "reference", "seed": seed, "steps": 0, **{f"w_{n}": math.nan for n in names},
-                 **evaluate_policy(s["reference"], s["reference"], s["tokenizer"], s["eval_pairs"], s["prompts"],
-                                   args, train_config(args, names, seed=seed), s["device"], names),
+                 **evaluate_policy(s["reference"], s, args, train_config(args, names, seed=seed)),
                  "train_s": 0.0} for seed in seeds]  # the same prompts and sampling seeds as each seed's runs
     runs = [(m, w, seed) for seed in seeds for m in s["methods"] for w in grid]
     progress, reused_runs = tqdm(runs, desc="sweep", unit="run", dynamic_ncols=True), 0
@@ -214,8 +82,7 @@ def run_pareto(args):
         cfg = train_config(args, names, method=method, weights=",".join(f"{x:g}" for x in w), seed=seed,
                            out=os.path.join(args.out, "runs", f"{method}-w{tag}-s{seed}"))
         with quietly():
-            row, reused = sweep_point(cfg, s["tokenizer"], s["reference"], s["eval_pairs"], s["prompts"], args,
-                                      s["device"], s["inputs_time"], names)
+            row, reused = sweep_point(cfg, s, args)
         rows.append(row)
         reused_runs += reused
         progress.set_postfix_str(f"{method} w=({tag}) seed {seed}: "
@@ -232,14 +99,6 @@ def run_pareto(args):
         written.append("clip.png")
     print(f"sweep done in {time.time() - started:.0f} s: {args.out}/{', '.join(written)}")
     return rows, stats
-
-
-def exact_hypervolume(front, names):
-    """The hypervolume of the exact front from 0: the area under its two varying objectives' polyline, times the
-    value of a third objective that is constant along it (faithfulness: 1)."""
-    varying = [i for i in range(len(names)) if len({v[i] for v in front}) > 1] or [0, 1]
-    constant = [front[0][i] for i in range(len(names)) if i not in varying]
-    return front_hypervolume_2d([(v[varying[0]], v[varying[1]]) for v in front], (0.0, 0.0)) * math.prod(constant)
 
 
 def analyse(rows, methods, names, grid, seeds, front):
@@ -446,49 +305,9 @@ def plot_clip(rows, names, grid, path):
 # ----------------------------------------------------------------------------- command line
 
 
-def add_arguments(p, quick=QUICK, full=FULL):
-    """The flags the sweep and the frontier command share; `quick` and `full`: the command's own presets."""
-    p.add_argument("--quick", action="store_true", help="in miniature")
-    p.add_argument("--methods", help=f"methods (default: {full['methods']})")
-    p.add_argument("--objectives", default="quality,conciseness", help="two or three of the world's objectives "
-                                                                       "(default: %(default)s)")
-    p.add_argument("--seeds", help=f"training seeds (default: {full['seeds']}; quick {quick['seeds']})")
-    p.add_argument("--steps", type=int, help=f"steps per run (default: {full['steps']}; quick {quick['steps']})")
-    p.add_argument("--lr", type=float, default=train.Config.lr, help="learning rate (default: %(default)s)")
-    p.add_argument("--beta", type=float, default=train.Config.beta, help="DPO temperature (default: %(default)s)")
-    p.add_argument("--micro-batch", type=int, default=train.Config.batch_size, help="pairs per micro-batch "
-                                                                                    "(default: %(default)s)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default: %(default)s)")
-    p.add_argument("--solve-per", default="step", help="step | micro_batch (default: %(default)s)")
-    p.add_argument("--model", default=train.Config.model, help="the reference model (default: %(default)s)")
-    p.add_argument("--data", default=train.Config.data, help="training pairs (default: %(default)s; the held-out "
-                                                             "pairs are world_eval.jsonl beside it)")
-    p.add_argument("--pairs", type=int, help=f"held-out pairs at most (default: {full['pairs']}; quick "
-                                             f"{quick['pairs']})")
-    p.add_argument("--prompts", type=int, help=f"held-out prompts to sample (default: {full['prompts']}; quick "
-                                               f"{quick['prompts']})")
-    p.add_argument("--samples", type=int, help=f"samples per prompt (default: {full['samples']}; quick "
-                                               f"{quick['samples']})")
-    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: %(default)s, "
-                                                                   "the paper's)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per sample at most (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="pairs or prompts per evaluation forward or generate "
-                                                              "call (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP + " (default: %(default)s)")
-
-
-def check_arguments(args):
-    check_positive(args, ("pairs", "prompts", "samples", "steps", "batch_size", "max_new_tokens"))
-    check_flags(args, [("threads", args.threads >= 0)])
-    check_sampling(args.temperature, [])
-    check_writable(args.out)
-    return args
-
-
 def parse_args(argv=None):
     p = OneLineParser(description=__doc__.split("\n\n")[0])  # defaults stated in each help (some depend on --quick)
-    add_arguments(p)
+    add_arguments(p, QUICK, FULL)
     p.add_argument("--sweep", help=f"weights: of the first objective, or colon-separated vectors (default: "
                                    f"{FULL['sweep']}; quick {QUICK['sweep']}; three objectives {THREE})")
     p.add_argument("--out", default="out/pareto", help="the sweep's directory (default: %(default)s)")
@@ -497,11 +316,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     return run_pareto(parse_args(argv))
-
-
-def left_behind():
-    """What an interrupted sweep leaves (frontier.py's too)."""
-    return "finished runs are kept and reused when the same command runs again"
 
 
 if __name__ == "__main__":

@@ -14,14 +14,15 @@ boundary is exact and no token straddles it. Decoding joins words with single sp
     python experiments/world_build.py build  # tokenizer and model in out/world/world-tiny/, pairs in out/world/data/,
                                              # then compared with the shipped world, file by file (~3 min)
     python experiments/world_build.py stats  # score fresh samples of the shipped model on held-out prompts
-    python experiments/world_build.py conflict --levels 0,0.5,1  # pairs at chosen conflict levels (world.conflict_pairs)
-                                             # from 8 samples of the shipped model per prompt, in out/conflict/data/
+    python experiments/world_build.py conflict --levels 0,0.5,1  # pairs at chosen conflict levels from 8 samples
+                                             # of the shipped model per prompt (world.conflict_pairs), out/conflict/data
 
 The build never writes over the shipped world unless told to (--out-model models/world-tiny --out-data data). With
 torch 2.13.0 (CPU build), transformers 5.24 and tokenizers 0.23 on x86-64 it reproduces every shipped file byte for
 byte; other releases may round, and so sample, differently, which the comparison at its end then names.
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -37,12 +38,12 @@ if __package__ in (None, ""):  # run as a script, python experiments/world_build
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from harness.command_line import (THREADS_HELP, OneLineParser, UsageError, check_flags, check_sampling, run_command,
-                                  use_threads)
+from harness.command_line import THREADS_HELP, OneLineParser, check_flags, check_sampling, run_command, use_threads
+from harness.errors import UsageError
 from harness.metrics import pearson
 from harness.models import load_model
 from harness.run_directory import check_writable, input_fingerprints, write_json
-from harness.sampling import sample
+from harness.sampling import Sampling, sample
 from world import (ATTRIBUTES, ENTITIES, INTENSIFIER, OBJECTIVES, PAIR_KINDS, PREFIXES, USUAL, conflict_pairs,
                    eval_prompts, make_prompts, parse_prompt, preference_labels, score)
 
@@ -129,8 +130,8 @@ def make_model(tokenizer, hidden=64, layers=2, heads=4):
 def make_pairs(model, tokenizer, prompts, label_temperature, seed):
     """Two samples of the reference model per prompt, scored exactly, labelled per objective ('signed' rows).
     A pair with an empty sample (an immediate EOS, ~1 in 5000) is dropped: loaders reject empty completions."""
-    responses, _ = sample(model, tokenizer, prompts, num_samples=2, temperature=1.0, max_new_tokens=48, seed=seed,
-                          batch_size=256)
+    responses, _ = sample(model, tokenizer, prompts,
+                          Sampling(num_samples=2, temperature=1.0, max_new_tokens=48, seed=seed, batch_size=256))
     rng, rows = random.Random(seed), []
     for prompt, (a, b) in zip(prompts, responses):
         if not a or not b:
@@ -172,9 +173,23 @@ def write_jsonl(path, rows):
             f.write(json.dumps(row) + "\n")
 
 
-def build(out_model="models/world-tiny", out_data="data", seed=0, steps=2000, batch_size=64, lr=3e-3,
-          train_pairs=3000, eval_pairs=256, label_temperature=0.05, verbose=True):
-    """Tokenizer -> pretrained reference model -> preference pairs from its own samples. Deterministic in seed."""
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """The world's build settings (the shipped world's are the defaults): the seed of everything, pretraining steps,
+    batch size and peak learning rate, pairs on training and on held-out prompts, the labels' Bradley-Terry noise."""
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-3
+    train_pairs: int = 3000
+    eval_pairs: int = 256
+    label_temperature: float = 0.05
+
+
+def build(out_model="models/world-tiny", out_data="data", settings=Build(), verbose=True):
+    """Tokenizer -> pretrained reference model -> preference pairs from its own samples. Deterministic in its seed."""
+    seed, steps, batch_size, lr = settings.seed, settings.steps, settings.batch_size, settings.lr
+    train_pairs, eval_pairs, label_temperature = settings.train_pairs, settings.eval_pairs, settings.label_temperature
     log = print if verbose else (lambda *args: None)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the weights then do not depend on the core count, and tiny matmuls gain little
@@ -243,8 +258,8 @@ def conflict_data(model_dir, out_dir, levels, prompts=3000, samples=8, seed=0, l
     if pool is None or pool.get("settings") != settings:
         tokenizer, model = load_model(model_dir, torch.device("cpu"), "--model")
         texts = make_prompts(prompts, seed + 1)
-        responses, _ = sample(model, tokenizer, texts, num_samples=samples, temperature=1.0, max_new_tokens=48,
-                              seed=seed + 2, batch_size=256)
+        responses, _ = sample(model, tokenizer, texts, Sampling(num_samples=samples, temperature=1.0,
+                                                                max_new_tokens=48, seed=seed + 2, batch_size=256))
         pool = {"settings": settings, "prompts": texts, "responses": responses}
         write_json(pool_path, pool)
     directories = {}
@@ -292,7 +307,8 @@ def compare_with_shipped(out_model, out_data, root=os.path.dirname(os.path.dirna
 def stats(model_dir="models/world-tiny", n=512, temperature=1.0, seed=0):
     tokenizer, model = load_model(model_dir, torch.device("cpu"), "--out-model")
     prompts = eval_prompts(n, seed=seed)
-    responses, _ = sample(model, tokenizer, prompts, 1, temperature, max_new_tokens=48, seed=seed, batch_size=256)
+    responses, _ = sample(model, tokenizer, prompts,
+                          Sampling(1, temperature, max_new_tokens=48, seed=seed, batch_size=256))
     for prompt, (response,) in list(zip(prompts, responses))[:4]:
         print(f"{prompt}\n    {response}\n    {score(prompt, response)}")
     describe_samples(prompts, responses)
@@ -325,11 +341,12 @@ def main(argv=None):
     check_flags(args, [("threads", args.threads >= 0)])
     check_sampling(args.temperature, [args.seed])
     if args.command == "build":  # both outputs checked now, not after minutes of pretraining
-        out_model, out_data = getattr(args, "out_model", "out/world/world-tiny"), getattr(args, "out_data", "out/world/data")
+        out_model = getattr(args, "out_model", "out/world/world-tiny")
+        out_data = getattr(args, "out_data", "out/world/data")
         check_writable(out_model, "--out-model")
         check_writable(out_data, "--out-data")
-        build(out_model, out_data, seed=args.seed, steps=args.steps, train_pairs=args.train_pairs,
-              eval_pairs=args.eval_pairs, label_temperature=args.label_temperature)
+        build(out_model, out_data, Build(seed=args.seed, steps=args.steps, train_pairs=args.train_pairs,
+                                         eval_pairs=args.eval_pairs, label_temperature=args.label_temperature))
         same, different = compare_with_shipped(out_model, out_data)
         print(f"byte for byte the shipped world's: {', '.join(same) or 'none'}"
               + (f"\ndifferent from the shipped world's: {', '.join(different)}" if different else ""))

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from harness.distributed import barrier, is_main_process
-from harness.preference_data import first_line
+from harness.errors import first_line
 
 
 def checkpoints(out):

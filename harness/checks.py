@@ -7,22 +7,29 @@ import sys
 import world
 from cagrad import METHODS
 from harness.batches import adds_bos
-from harness.command_line import SEED_LIMIT, UsageError, check_flags
+from harness.command_line import SEED_LIMIT, check_c, check_flags
 from harness.distributed import launched_by_torchrun
 from harness.models import pick_device, transformer_blocks
-from harness.preference_data import DataError, first_line, load_pairs
+from harness.errors import DataError, UsageError, first_line
+from harness.preference_data import load_pairs
 from harness.reporting import parse_report_to
+from harness.scale import SOLVE_PER
 
 TRAIN_METHODS = METHODS + ("amopo",)  # AMoPO changes the loss, not the combination: its losses are weighted (lw)
 UNKNOWN_WARNED, UNKNOWN_REFUSED = 0.01, 0.25  # shares of the data's tokens that the tokenizer maps to its unknown token
 
 
-def parse_weights(text, num_objectives=None):
-    """--weights as a list on the simplex (checked up front without num_objectives, then against the data's)."""
+def weight_values(text):
+    """--weights' numbers as written (comma-separated), not yet checked or normalised."""
     try:
-        weights = [float(x) for x in text.split(",")]
+        return [float(x) for x in text.split(",")]
     except ValueError:
         raise UsageError(f"--weights: expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_weights(text, num_objectives=None):
+    """--weights as a list on the simplex (checked up front without num_objectives, then against the data's)."""
+    weights = weight_values(text)
     if any(w < 0 or not math.isfinite(w) for w in weights) or max(weights) <= 0:
         raise UsageError(f"--weights: expected finite non-negative weights with a positive sum, got {text!r}")
     if num_objectives is not None and len(weights) != num_objectives:
@@ -33,10 +40,9 @@ def parse_weights(text, num_objectives=None):
 
 def check_config(cfg):
     """Every flag that can be checked without loading anything."""
-    if cfg.method not in TRAIN_METHODS:
+    if cfg.method not in TRAIN_METHODS:  # the flag's choices: cagrad's methods, and AMoPO
         raise UsageError(f"--method: unknown method {cfg.method!r}; expected one of {', '.join(TRAIN_METHODS)}")
-    if not 0.0 <= cfg.c < 1.0:
-        raise UsageError(f"--c: expected a value in [0, 1), got {cfg.c}")
+    check_c(cfg.c)
     parse_weights(cfg.weights)
     parse_report_to(cfg.report_to)
     check_flags(cfg, [("beta", 0 < cfg.beta < math.inf), ("lr", 0 < cfg.lr < math.inf), ("steps", cfg.steps > 0),
@@ -47,7 +53,7 @@ def check_config(cfg):
                       ("max_grad_norm", 0 <= cfg.max_grad_norm < math.inf), ("eval_prompts", cfg.eval_prompts >= 0),
                       ("log_every", cfg.log_every > 0), ("save_every", cfg.save_every >= 0),
                       ("keep_checkpoints", cfg.keep_checkpoints > 0), ("max_bad_steps", cfg.max_bad_steps > 0),
-                      ("solve_per", cfg.solve_per in ("step", "micro_batch")), ("gram_layers", cfg.gram_layers >= 0),
+                      ("solve_per", cfg.solve_per in SOLVE_PER), ("gram_layers", cfg.gram_layers >= 0),
                       ("backward", cfg.backward in ("per_objective", "shared")),
                       ("dtype", cfg.dtype in ("float32", "bfloat16")), ("seed", 0 <= cfg.seed < SEED_LIMIT),
                       ("threads", cfg.threads >= 0)])
@@ -63,7 +69,8 @@ def check_config(cfg):
     if cfg.fsdp and (cfg.lora_r > 0 or cfg.gram_layers > 0):
         raise UsageError("--fsdp: not with --lora-r or --gram-layers (LoRA's adapters need no sharding)")
     if cfg.gram_layers > 0 and cfg.backward == "shared":
-        raise UsageError("--backward shared: not with --gram-layers, whose subset Gram matrix has a backward of its own")
+        raise UsageError("--backward shared: not with --gram-layers, whose subset Gram matrix has a backward of its "
+                         "own")
     if cfg.gram_layers > 0 and cfg.grad_accum > 1 and cfg.solve_per == "step":
         raise UsageError("--gram-layers: solves per micro-batch; with --grad-accum > 1 pass --solve-per micro_batch")
     pick_device(cfg.device)  # a bad or unavailable --device fails here, before anything is loaded

@@ -9,22 +9,8 @@ import math
 import signal
 import sys
 
-from harness.models import ModelError
-from harness.preference_data import DataError
-from harness.run_directory import RunError
-
-
-class UsageError(ValueError):
-    """A bad flag: reported as one line, exit code 2."""
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (divergence, a full disk): one line, exit code 1, the last checkpoint intact."""
-
-
-# Every error that is the user's input rather than a bug: a flag, a data file, a model directory, an --out. The
-# command lines print it as one line and exit 2, without a traceback.
-INPUT_ERRORS = (UsageError, DataError, ModelError, RunError)
+from cagrad import check_arguments
+from harness.errors import INPUT_ERRORS, TrainingError, UsageError
 
 
 THREADS_HELP = ("CPU threads for torch (0: torch's default, every core). 1 serves the embedded world's tiny model "
@@ -49,6 +35,14 @@ def check_sampling(temperature, seeds, seed_flag="--seed"):
     for seed in seeds:
         if not 0 <= seed < SEED_LIMIT:
             raise UsageError(f"{seed_flag}: expected integers in [0, 2**63), got {seed}")
+
+
+def check_c(c):
+    """--c (every command that has it), by cagrad's own check of its radius: one line naming the flag."""
+    try:
+        check_arguments([1.0], "lw", c)
+    except ValueError:
+        raise UsageError(f"--c: expected a value in [0, 1), got {c}") from None
 
 
 def check_flags(values, checks):

@@ -1,11 +1,13 @@
 """The numbers this project reports, as pure functions of plain lists: no model, no torch.
 
 Errors and spreads: mean_se (prompts as the independent units), mean_std (over seeds), kl_estimate.
-Agreement: pearson, ranks, spearman (weight fidelity). Fronts, every objective maximised: dominates, pareto_front,
-fraction_dominated, hypervolume_2d, hypervolume_3d; a continuous front such as world.exact_front: front_hypervolume_2d,
-front_gain_2d.
+Agreement: pearson, ranks, spearman (weight fidelity). Fronts, every objective maximised: dominates and pareto_front
+(world.py's), fraction_dominated, hypervolume_2d, hypervolume_3d; a continuous front such as world.exact_front:
+front_hypervolume_2d, front_gain_2d.
 """
 import math
+
+from world import dominates, pareto_front  # where the world's exact front first needs them
 
 
 def mean_se(values, group_size=1):
@@ -58,16 +60,6 @@ def ranks(values):
 def spearman(x, y):
     """Spearman's rank correlation: Pearson's correlation of the tie-averaged ranks; nan if either is constant."""
     return pearson(ranks(x), ranks(y))
-
-
-def dominates(a, b):
-    """a dominates b (every objective maximised): at least as good everywhere and strictly better somewhere."""
-    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
-
-
-def pareto_front(points):
-    """The points that no other point dominates, in their input order."""
-    return [p for p in points if not any(dominates(q, p) for q in points)]
 
 
 def fraction_dominated(points, others):

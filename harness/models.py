@@ -11,11 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
-from harness.preference_data import first_line
-
-
-class ModelError(ValueError):
-    """A model, tokenizer or device that cannot be used; one line naming the flag, printed by the front ends."""
+from harness.errors import ModelError, first_line
 
 
 def pick_device(name):

@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
+from harness.errors import DataError, first_line
+
 FORMATS = ("signed", "pku", "moa")
 SIGN_PREFIX = "raco_s_"
 PKU_COLUMNS = ("prompt", "response_0", "response_1", "better_response_id", "safer_response_id")
@@ -31,10 +33,6 @@ EXPECTED = ("signed (prompt, chosen/rejected or response_a/response_b, raco_s_<o
 A_LABELS = {"a", "summary_a", "response_a", "1"}
 B_LABELS = {"b", "summary_b", "response_b", "2"}
 TIE_LABELS = {"tie", "equal", "same", "none", "neither", "both", "0"}
-
-
-class DataError(ValueError):
-    """Bad input data; the message is one line: '<file> line|row <n>: field '<name>' must ..., got ...'."""
 
 
 @dataclass(frozen=True)
@@ -266,11 +264,6 @@ def _read_text(path):
         line, column = raw[:e.start].count(b"\n") + 1, e.start - raw.rfind(b"\n", 0, e.start)
         raise DataError(f"{path} line {line}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at column {column}); "
                         "save the file as UTF-8") from None
-
-
-def first_line(error):
-    """An exception's message cut to its first line (library errors often run to a page)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _read_jsonl(path, limit):

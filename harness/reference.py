@@ -83,8 +83,7 @@ def reference_cache(cfg, reference, tokenizer, pairs, run):
             pass
         if run.main_process:
             print(f"warning: {path} is damaged; computing the reference's log-probs again", file=sys.stderr)
-    logps = reference_logps(reference, tokenizer, pairs, cfg.batch_size, cfg.max_length, cfg.max_prompt_length,
-                            run.device, cfg.dtype == "bfloat16", run.rank, run.world_size)
+    logps = reference_logps(reference, tokenizer, pairs, cfg, run)
     if run.main_process:
         os.makedirs(cfg.out, exist_ok=True)
         save_file({"logps": logps.cpu()}, path + ".tmp")
@@ -104,18 +103,20 @@ def reference_cache_path(out, model_fingerprint, pairs, settings):
 
 
 @torch.no_grad()
-def reference_logps(model, tokenizer, pairs, batch_size, max_length, max_prompt_length, device, bf16=False, rank=0,
-                    world_size=1):
-    """log pi_ref(y_a|x) and log pi_ref(y_b|x) of every pair, computed once in batches: (2, N) float32.
+def reference_logps(model, tokenizer, pairs, cfg, run):
+    """log pi_ref(y_a|x) and log pi_ref(y_b|x) of every pair, computed once in batches of --batch-size, tokenised as
+    training tokenises them (cfg: train.Config) under --dtype: (2, N) float32 on run.device.
 
     Under torchrun each process computes an equal share (FSDP's forward is collective, so every process must run
     as many forwards) and all gather the rest."""
+    rank, world_size, batch_size = run.rank, run.world_size, cfg.batch_size
     share = list(range(rank, len(pairs), world_size))
     share += share[-1:] * (-(-len(pairs) // world_size) - len(share))  # pad to the same length on every process
     out = []
     for start in tqdm(range(0, len(share), batch_size), desc="reference log-probs", disable=rank != 0):
         batch = [pairs[i] for i in share[start:start + batch_size]]
-        out.append(torch.stack(pair_logps(model, tokenizer, batch, max_length, max_prompt_length, device, bf16)))
+        out.append(torch.stack(pair_logps(model, tokenizer, batch, cfg.max_length, cfg.max_prompt_length, run.device,
+                                          cfg.dtype == "bfloat16")))
     mine = torch.cat(out, 1).float()
     if world_size == 1:
         return mine

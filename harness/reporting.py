@@ -11,8 +11,7 @@ import json
 import math
 import os
 
-from harness.command_line import UsageError
-
+from harness.errors import UsageError
 BACKENDS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # --report-to name: the package it needs
 
 

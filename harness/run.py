@@ -8,7 +8,9 @@
         for step in run.steps(): the steps left, under a progress bar; Ctrl-C and SIGTERM finish the step
             run.logs(step)       whether this step is logged (every --log-every steps, and the last)
             run.everywhere(flag) a flag AND-ed over the processes
-            run.end_step(...)    log; checkpoint; stop on a signal (saving first) or after --max-bad-steps
+            run.end_step(...)    log; checkpoint; True when a signal asks the loop to stop (a checkpoint saved);
+                                 one line and exit 1 after --max-bad-steps skipped in a row
+        run.interrupted          the signal that stopped the loop (0 if none): exit code 128 + it
         run.finish(...)          the policy (Hugging Face format) and summary.json, each written whole
     run.report(summary)          the scores beside the reference's, warnings, where everything is
 
@@ -27,11 +29,11 @@ import torch
 import world
 from harness import checkpoints, distributed
 from harness.checks import check_config
-from harness.command_line import TrainingError, use_threads
+from harness.command_line import use_threads
+from harness.errors import RunError, TrainingError, first_line
 from harness.models import pick_device
-from harness.preference_data import first_line
 from harness.reporting import Reporters, curves, parse_report_to
-from harness.run_directory import Claim, RunError, begin, input_fingerprints, open_run, write_json
+from harness.run_directory import RunLock, begin, input_fingerprints, open_run, write_json
 
 ACCURACY = "/rewards/accuracies"  # the metric the progress bar shows per objective, beside the weighted loss
 
@@ -44,9 +46,9 @@ class Run:
         self.rank, self.world_size, self.device = distributed.start(pick_device(cfg.device))
         use_threads(cfg.threads, self.device)
         self.main_process = self.rank == 0
-        self.claim = Claim(cfg.out) if self.main_process else None  # before any work, held to the end
+        self.claim = RunLock(cfg.out) if self.main_process else None  # before any work, held to the end
         self.began, self.log, self.progress, self.interrupts, self.reporters = False, None, None, None, None
-        self.state = None
+        self.state, self.interrupted = None, 0
         try:
             self.inputs = input_fingerprints(cfg.data, cfg.model)
             # a checkpoint to resume from (or None), and the summary if this very run has finished (or None)
@@ -134,7 +136,8 @@ class Run:
     def end_step(self, step, metrics):
         """After the optimizer's step: metrics is the step's (floats), or None if the step was skipped for
         non-finite losses or direction. Logs the mean of the window every --log-every steps; stops with one line
-        after --max-bad-steps skipped in a row; checkpoints every --save-every steps and on a signal, then stops."""
+        after --max-bad-steps skipped in a row; checkpoints every --save-every steps and on a signal. Returns True
+        when a signal asks the loop to stop there (its checkpoint saved; self.interrupted holds the signal)."""
         cfg, state = self.cfg, self.state
         if metrics is not None:
             state["bad_steps"] = 0
@@ -173,7 +176,8 @@ class Run:
             if self.main_process:
                 print(f"{signal.Signals(signum).name} at step {step}: checkpoint saved in {self.saved}; run the "
                       "same command again to continue from it", file=sys.stderr)
-            raise SystemExit(128 + signum)
+            self.interrupted = signum
+        return bool(signum)
 
     def _suspects(self):
         cfg = self.cfg

@@ -18,15 +18,13 @@ import os
 import shutil
 import tempfile
 
+from harness.errors import RunError
+
 from harness.checkpoints import checkpoints
 
 RUN_FILES = ("run.json", "inputs.json", "metrics.jsonl", "checkpoints", "policy", "summary.json", "eval.json")
 RESUME_NEUTRAL = ("resume", "overwrite", "save_every", "keep_checkpoints", "eval_prompts", "device", "threads",
                   "report_to", "allow_unknown_tokens")
-
-
-class RunError(ValueError):
-    """An --out that cannot hold this run; one line, printed by the command line."""
 
 
 def check_writable(path, flag="--out"):
@@ -58,7 +56,7 @@ def check_writable(path, flag="--out"):
         raise RunError(f"{flag}: cannot write to {path}: {error.strerror or error}") from None
 
 
-class Claim:
+class RunLock:
     """--out held by this process (rank 0 under torchrun) from before any work to the end of the run, with an
     exclusive lock on out/.lock: a second run started into it meanwhile stops with one line instead of removing or
     mixing this one's files. release(unused=True) also removes the directories the claim made, if nothing but the

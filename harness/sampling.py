@@ -1,24 +1,41 @@
 """Sampling a policy and scoring its samples: the responses, their log-probs, mean scores with standard errors and
-KL(policy || reference). eval.py, world.py and the sweeps evaluate through here, so a policy is always sampled from
-the same prompt tokens that training conditions it on (harness/batches.prompt_ids).
+KL(policy || reference), and on the embedded world its exact scores (score_on_world). train.py, eval.py and the sweeps
+evaluate through here, so a policy is always sampled from the same prompt tokens that training conditions it on
+(harness/batches.prompt_ids).
 """
+import dataclasses
+
 import torch
 from tqdm import tqdm
 
 import dpo
+import world
 from harness.batches import prompt_ids, truncate_prompt
-from harness.metrics import kl_estimate, mean_se
+from harness.metrics import front_gain_2d, kl_estimate, mean_se
 from harness.models import eval_mode
 
 
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How responses are sampled: num_samples per prompt at a temperature, at most max_new_tokens each, from a seed;
+    batch_size prompts per generate call, each kept to its last max_prompt_length tokens (as training keeps it)."""
+    num_samples: int = 4
+    temperature: float = 0.6
+    max_new_tokens: int = 64
+    seed: int = 0
+    batch_size: int = 32
+    max_prompt_length: int = 192
+
+
 @torch.no_grad()
-def sample(model, tokenizer, prompts, num_samples, temperature, max_new_tokens=64, seed=0, batch_size=32,
-           max_prompt_length=192):
-    """num_samples responses per prompt, generated for batches of left-padded prompts (so every row continues from
-    its own last prompt token), each prompt tokenized as training tokenizes it. Returns (texts, batches): texts[i]
-    lists prompt i's responses, cut at the first EOS; each batch holds input_ids, attention_mask and completion_mask
-    (N, T), the last marking the sampled tokens up to and including the first EOS, for sampled_logps.
-    Deterministic in seed; the global RNG and the model's mode are left as found."""
+def sample(model, tokenizer, prompts, how=Sampling()):
+    """how.num_samples responses per prompt, generated for batches of left-padded prompts (so every row continues
+    from its own last prompt token), each prompt tokenized as training tokenizes it. Returns (texts, batches):
+    texts[i] lists prompt i's responses, cut at the first EOS; each batch holds input_ids, attention_mask and
+    completion_mask (N, T), the last marking the sampled tokens up to and including the first EOS, for
+    sampled_logps. Deterministic in how.seed; the global RNG and the model's mode are left as found."""
+    num_samples, temperature, max_new_tokens = how.num_samples, how.temperature, how.max_new_tokens
+    seed, batch_size, max_prompt_length = how.seed, how.batch_size, how.max_prompt_length
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts, batches = [], []
@@ -63,17 +80,16 @@ def sampled_logps(model, batches, rows_per_forward=32):
     return out
 
 
-def evaluate_samples(policy, tokenizer, prompts, score=None, batch_scores=None, num_samples=4, temperature=0.6,
-                     seed=0, reference=None, max_new_tokens=64, batch_size=32, max_prompt_length=192):
-    """Mean and standard error ("<key>_se") of every score over num_samples responses per prompt, and, given a
+def evaluate_samples(policy, tokenizer, prompts, how=Sampling(), score=None, batch_scores=None, reference=None):
+    """Mean and standard error ("<key>_se") of every score over how.num_samples responses per prompt, and, given a
     reference, KL(policy || reference). Returns (scores, examples: the first response to each of the first 6
     prompts, with its scores).
 
     score(prompt, response) -> dict of numbers (the world's exact scorer), or None to report the length in tokens;
     batch_scores: {name: f(prompts, responses) -> list of floats} (reward models), added to each row.
     """
-    texts, batches = sample(policy, tokenizer, prompts, num_samples, temperature, max_new_tokens, seed, batch_size,
-                            max_prompt_length)
+    num_samples = how.num_samples
+    texts, batches = sample(policy, tokenizer, prompts, how)
     flat_prompts, flat = [p for p in prompts for _ in range(num_samples)], [r for rs in texts for r in rs]
     if score is not None:
         rows = [score(p, r) for p, r in zip(flat_prompts, flat)]
@@ -86,10 +102,27 @@ def evaluate_samples(policy, tokenizer, prompts, score=None, batch_scores=None, 
     for key in rows[0]:
         scores[key], scores[key + "_se"] = mean_se([row[key] for row in rows], num_samples)
     if reference is not None:  # KL is an expectation under pi itself: draw temperature-1 samples for it
-        if temperature != 1.0:
-            _, batches = sample(policy, tokenizer, prompts, num_samples, 1.0, max_new_tokens, seed + 1, batch_size,
-                                max_prompt_length)
-        scores["kl"], scores["kl_se"] = kl_estimate(sampled_logps(policy, batches, batch_size),
-                                                    sampled_logps(reference, batches, batch_size), num_samples)
+        if how.temperature != 1.0:
+            at_one = dataclasses.replace(how, temperature=1.0, seed=how.seed + 1)
+            _, batches = sample(policy, tokenizer, prompts, at_one)
+        scores["kl"], scores["kl_se"] = kl_estimate(sampled_logps(policy, batches, how.batch_size),
+                                                    sampled_logps(reference, batches, how.batch_size), num_samples)
     examples = list(zip(flat_prompts, flat, rows))[::num_samples][:6]  # the first sample of each of 6 prompts
     return scores, [{"prompt": p, "response": r, **row} for p, r, row in examples]
+
+
+def score_on_world(model, tokenizer, names, weights, num_prompts, seed=0, reference=None):
+    """On num_prompts of the world's held-out prompts: the mean exact scores of fresh samples (4 per prompt,
+    temperature 0.6) with standard errors, the weighted score, KL(model || reference) given one (else 0: the reference
+    itself), "to_front": how much more of both names[0] and names[1] the exact front offers (metrics.front_gain_2d),
+    and "examples": the first response to each of the first prompts (the same prompts for every model)."""
+    prompts = world.eval_prompts(num_prompts)
+    scores, examples = evaluate_samples(model, tokenizer, prompts, Sampling(seed=seed), world.score,
+                                        reference=reference)
+    scores["weighted"] = sum(w * scores[name] for w, name in zip(weights, names))
+    scores.setdefault("kl", 0.0)
+    if len(names) > 1:
+        front = [v[:2] for v in world.exact_front(names[:2], prompts)]
+        scores["to_front"] = front_gain_2d((scores[names[0]], scores[names[1]]), front)
+    scores["examples"] = [{"prompt": e["prompt"], "response": e["response"]} for e in examples]
+    return scores

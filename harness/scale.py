@@ -28,6 +28,7 @@ from harness.shared_backward import shared_or_fallback
 from raco import MultiObjectiveBackward, flat_views, gradient_rows, gram, objective_cotangents
 
 WEIGHTED_LOSS_METHODS = ("lw",)  # d = g0: one backward pass, no Gram matrix needed
+SOLVE_PER = ("step", "micro_batch")  # where the dual is solved under accumulation (--solve-per)
 
 
 def multi_objective_backward(cfg, policy, params, weights, method, names, logs_this_step):
@@ -86,7 +87,7 @@ class ScaledBackward:
     `rows` (a MultiObjectiveBackward or ShardedRows): backward(losses, logps) per micro-batch, then finish()."""
 
     def __init__(self, rows, solve_per="step", sharded=False):
-        if solve_per not in ("step", "micro_batch"):
+        if solve_per not in SOLVE_PER:
             raise ValueError(f"solve_per must be 'step' or 'micro_batch', got {solve_per!r}")
         self.rows, self.solve_per, self.sharded = rows, solve_per, sharded
         self.params, self.weights = rows.params, rows.weights

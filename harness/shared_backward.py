@@ -27,7 +27,7 @@ import sys
 import torch
 
 from harness import distributed
-from harness.command_line import UsageError
+from harness.errors import UsageError
 from raco import MultiObjectiveBackward, flat_views, gradient_rows, objective_cotangents
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import train
 import world
-from experiments import pareto
+from experiments import pareto, sweeps
 from harness import command_line, run_directory
 from harness.metrics import front_gain_2d, hypervolume_2d, hypervolume_3d
 from tiny import crash_after
@@ -37,7 +37,7 @@ def test_pareto_sweep_writes_every_row_table_and_figure_and_reuses_runs(tiny_wor
     report = (out / "pareto.md").read_text()
     assert "| lw |" in report and "| raco |" in report and "**raco vs lw**" in report
     front = world.exact_front(["quality", "conciseness"], world.eval_prompts(3))  # the sweep's 3 prompts
-    exact = pareto.exact_hypervolume(front, ["quality", "conciseness"])
+    exact = sweeps.exact_hypervolume(front, ["quality", "conciseness"])
     assert exact > 0.6 and f"the world's exact front (world.exact_front, mixtures allowed) has {exact:.4f}" in report
     for s, seed in enumerate((0, 1)):  # the statistics are those of the rows
         points = [(r["quality"], r["conciseness"]) for r in rows if (r["method"], r["seed"]) == ("raco", seed)]
@@ -68,18 +68,18 @@ def test_three_objectives_use_the_exact_3d_hypervolume(tiny_world, tmp_path):
     assert [r["w_faithfulness"] for r in rows if r["method"] == "lw"] == [0.2, 0.6]
     assert stats["hypervolume"]["lw"] == [pytest.approx(hypervolume_3d(points, (0, 0, 0)))]
     # faithfulness is 1 all along the exact front, so its 3-D hypervolume is the 2-D one
-    two = pareto.exact_hypervolume(world.exact_front(names[:2], world.eval_prompts(3)), names[:2])
+    two = sweeps.exact_hypervolume(world.exact_front(names[:2], world.eval_prompts(3)), names[:2])
     assert stats["exact"] == pytest.approx(two)
     assert "# Pareto sweep on the embedded world: quality vs conciseness vs faithfulness" in \
         (tmp_path / "three" / "pareto.md").read_text()
 
 
 def test_weight_grids():
-    assert pareto.weight_grid("0.3,0.7", ["a", "b"]) == [(0.3, 0.7), (0.7, 0.3)]  # 1 - 0.3 spelled as 0.7
-    assert pareto.weight_grid("0.5:0.25:0.25,0.2:0.2:0.6", ["a", "b", "c"]) == [(0.5, 0.25, 0.25), (0.2, 0.2, 0.6)]
+    assert sweeps.weight_grid("0.3,0.7", ["a", "b"]) == [(0.3, 0.7), (0.7, 0.3)]  # 1 - 0.3 spelled as 0.7
+    assert sweeps.weight_grid("0.5:0.25:0.25,0.2:0.2:0.6", ["a", "b", "c"]) == [(0.5, 0.25, 0.25), (0.2, 0.2, 0.6)]
     for bad in ("0.3", "0.3,0.3", "0.5:0.5,0.2:0.8", "0.6:0.2:0.3,0.2:0.2:0.6", "a,b"):
         with pytest.raises(command_line.UsageError, match="^--sweep: expected"):
-            pareto.weight_grid(bad, ["a", "b"] if ":" not in bad else ["a", "b", "c"])
+            sweeps.weight_grid(bad, ["a", "b"] if ":" not in bad else ["a", "b", "c"])
 
 
 BAD_INPUTS = [
@@ -113,13 +113,13 @@ def test_a_sweep_continues_an_interrupted_run_and_retrains_a_stale_or_other_one(
     honest = train.objective_losses
     monkeypatch.setattr(train, "objective_losses", crash_after(3, honest))  # in step 4
     with pytest.raises(RuntimeError):
-        pareto.train_run(cfg)
+        sweeps.train_run(cfg)
     monkeypatch.setattr(train, "objective_losses", honest)
     assert run_directory.resumable(dataclasses.asdict(cfg), run_directory.input_fingerprints(cfg.data, cfg.model))
-    pareto.train_run(cfg)  # the sweep run again: it continues where the interrupt left it
+    sweeps.train_run(cfg)  # the sweep run again: it continues where the interrupt left it
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["resumed_from"].endswith("step-000002")
     other = dataclasses.replace(cfg, lr=5e-2)  # the sweep's settings changed: the run is trained afresh
     assert not run_directory.resumable(dataclasses.asdict(other), run_directory.input_fingerprints(cfg.data,
                                                                                                    cfg.model))
-    pareto.train_run(other)
+    sweeps.train_run(other)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["config"]["lr"] == 5e-2

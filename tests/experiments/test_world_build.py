@@ -16,8 +16,8 @@ from tiny import ROOT
 @pytest.mark.slow
 def test_a_tiny_build_is_deterministic(tmp_path):
     def tiny(out):
-        world_build.build(out_model=str(out / "model"), out_data=str(out / "data"), steps=5, batch_size=8,
-                          train_pairs=6, eval_pairs=4, verbose=False)
+        world_build.build(str(out / "model"), str(out / "data"),
+                          world_build.Build(steps=5, batch_size=8, train_pairs=6, eval_pairs=4), verbose=False)
         from transformers import AutoModelForCausalLM, AutoTokenizer
         model = AutoModelForCausalLM.from_pretrained(out / "model")
         files = {name: (out / "data" / name).read_text() for name in ("world_train.jsonl", "world_eval.jsonl")}

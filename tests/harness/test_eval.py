@@ -19,7 +19,7 @@ from harness import command_line, run_directory
 from harness.batches import tokenize_pairs
 from harness.models import load_model
 from harness.preference_data import load_pairs
-from harness.sampling import sample
+from harness.sampling import Sampling, sample
 from test_models import sharpened
 from tiny import ROOT, WORDS, tiny_config, tiny_llama, word_tokenizer
 
@@ -185,7 +185,7 @@ def test_sample_prints_the_policys_responses_to_given_prompts(tiny_world, tmp_pa
     texts = evaluation.main(["--checkpoint", str(run), "--sample", prompts[0], "--sample", prompts[1], "--sample",
                              "-", "--samples", "2", "--max-new-tokens", "8"])
     policy = load_model(str(run / "policy"), torch.device("cpu"))
-    assert texts == sample(policy[1], policy[0], prompts, 2, 0.6, 8, 0)[0]  # the seeded sampler, on these prompts
+    assert texts == sample(policy[1], policy[0], prompts, Sampling(2, 0.6, 8, 0))[0]  # the seeded sampler
     expected = "".join(f"{p}\n" + "".join(f"  {r}\n" for r in responses) for p, responses in zip(prompts, texts))
     assert capsys.readouterr().out == expected
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))

@@ -10,7 +10,7 @@ import torch
 
 import world
 from harness.models import ModelError, eval_mode, load_model
-from harness.sampling import evaluate_samples, sample, sampled_logps
+from harness.sampling import Sampling, evaluate_samples, sample, sampled_logps
 from tiny import ROOT
 
 MODEL_DIR = os.path.join(ROOT, "models", "world-tiny")
@@ -32,11 +32,10 @@ def shipped():
 def test_kl_is_exactly_zero_for_the_reference_against_itself_and_positive_for_a_changed_model(tiny_world):
     tokenizer, reference = load_model(tiny_world["model"], torch.device("cpu"))
     prompts = world.eval_prompts(6)
-    same, _ = evaluate_samples(reference, tokenizer, prompts, world.score, num_samples=3, reference=reference,
-                               max_new_tokens=16)
+    how = Sampling(num_samples=3, max_new_tokens=16)
+    same, _ = evaluate_samples(reference, tokenizer, prompts, how, world.score, reference=reference)
     assert same["kl"] == 0.0 and same["kl_se"] == 0.0
-    changed, _ = evaluate_samples(sharpened(reference), tokenizer, prompts, world.score, num_samples=3,
-                                  reference=reference, max_new_tokens=16)
+    changed, _ = evaluate_samples(sharpened(reference), tokenizer, prompts, how, world.score, reference=reference)
     assert changed["kl"] > 3 * changed["kl_se"] > 0
     assert set(world.OBJECTIVES) | {"well_formed", "words", "kl"} <= set(changed)
 
@@ -44,8 +43,8 @@ def test_kl_is_exactly_zero_for_the_reference_against_itself_and_positive_for_a_
 def test_without_a_scorer_the_length_in_tokens_is_reported(tiny_world):
     tokenizer, model = load_model(tiny_world["model"], torch.device("cpu"))
     prompts = world.eval_prompts(3)
-    scores, examples = evaluate_samples(model, tokenizer, prompts, num_samples=2, max_new_tokens=5, seed=1)
-    _, batches = sample(model, tokenizer, prompts, 2, 0.6, max_new_tokens=5, seed=1)
+    scores, examples = evaluate_samples(model, tokenizer, prompts, Sampling(num_samples=2, max_new_tokens=5, seed=1))
+    _, batches = sample(model, tokenizer, prompts, Sampling(2, 0.6, max_new_tokens=5, seed=1))
     lengths = [int(m.sum()) for b in batches for m in b["completion_mask"]]
     assert set(scores) == {"samples", "tokens", "tokens_se"} and scores["samples"] == 6
     assert scores["tokens"] == pytest.approx(sum(lengths) / 6) and 1 <= min(lengths) and max(lengths) <= 5
@@ -56,7 +55,7 @@ def test_without_a_scorer_the_length_in_tokens_is_reported(tiny_world):
 def test_sampled_logps_match_an_unpadded_forward_up_to_the_first_eos(tiny_world):
     tokenizer, model = load_model(tiny_world["model"], torch.device("cpu"))
     prompts = world.eval_prompts(5)  # prompts of 3 to 5 facts: different lengths, so left padding is exercised
-    texts, batches = sample(model, tokenizer, prompts, 2, 1.0, max_new_tokens=30, seed=3, batch_size=3)
+    texts, batches = sample(model, tokenizer, prompts, Sampling(2, 1.0, max_new_tokens=30, seed=3, batch_size=3))
     logps, k = sampled_logps(model, batches, rows_per_forward=4), 0  # batches of 6 rows: chunks 4 + 2
     ended = 0
     for batch in batches:
@@ -79,8 +78,8 @@ def test_left_padding_does_not_change_what_a_prompt_gets(shipped):
     tokenizer, model = shipped
     short = "facts: the cat is happy . the dog is slow . the owl is old . summary:"
     long = "facts: the cat is happy . the dog is slow . the owl is old . the bee is red . the elk is tall . summary:"
-    alone, _ = sample(model, tokenizer, [short], 1, 1e-3, seed=0)
-    batched, _ = sample(model, tokenizer, [long, short, long], 1, 1e-3, seed=5)
+    alone, _ = sample(model, tokenizer, [short], Sampling(1, 1e-3, seed=0))
+    batched, _ = sample(model, tokenizer, [long, short, long], Sampling(1, 1e-3, seed=5))
     assert [batched[1]] == alone
 
 
@@ -89,10 +88,10 @@ def test_sampling_is_seeded_and_leaves_mode_and_global_rng_as_found(shipped):
     prompts = world.eval_prompts(8, seed=11)
     model.train()
     state = torch.random.get_rng_state()
-    first, _ = sample(model, tokenizer, prompts, 1, 1.0, seed=0)
+    first, _ = sample(model, tokenizer, prompts, Sampling(1, 1.0, seed=0))
     assert model.training and torch.equal(torch.random.get_rng_state(), state)
-    assert sample(model, tokenizer, prompts, 1, 1.0, seed=0)[0] == first
-    assert sample(model, tokenizer, prompts, 1, 1.0, seed=1)[0] != first
+    assert sample(model, tokenizer, prompts, Sampling(1, 1.0, seed=0))[0] == first
+    assert sample(model, tokenizer, prompts, Sampling(1, 1.0, seed=1))[0] != first
     model.eval()
 
 
@@ -108,7 +107,7 @@ def test_eval_mode_restores_each_models_own_mode_even_after_an_error():
 def test_shipped_model_samples_are_mostly_well_formed(shipped):
     tokenizer, model = shipped
     prompts = world.eval_prompts(32, seed=11)
-    samples, _ = sample(model, tokenizer, prompts, 1, 1.0, max_new_tokens=48, seed=0)
+    samples, _ = sample(model, tokenizer, prompts, Sampling(1, 1.0, max_new_tokens=48, seed=0))
     assert len(samples) == 32 and all(len(s) == 1 for s in samples)
     assert sum(world.parse_response(s[0]) is not None for s in samples) / 32 > 0.8
     assert sum(world.score(p, s[0])["quality"] for p, s in zip(prompts, samples)) / 32 > 0.2  # it does summarise

@@ -187,7 +187,8 @@ def test_training_on_the_embedded_world_beats_the_reference(tmp_path, capsys):
     assert after["weighted"] > before["weighted"] + 0.03, (before, after)
     assert after["quality"] > before["quality"]  # the objective with the larger weight moved the most
     assert after["well_formed"] >= 0.95
-    # the distance it moved, and how far the exact front still is, measured as world.evaluate defines them
+    # the distance it moved, and how far the exact front still is, measured as harness/sampling.score_on_world
+    # defines them
     assert before["kl"] == 0.0 and after["kl"] > 3 * after["kl_se"] > 0
     front = [v[:2] for v in world.exact_front(["quality", "conciseness"], world.eval_prompts(48))]
     for scores in (before, after):

@@ -75,7 +75,7 @@ def test_solver_leaves_a_kink_that_is_not_optimal(monkeypatch):
     assert phi(H, b, s, p) < -0.01
 
 
-def test_beyond_ten_objectives_the_issue_examples():
+def test_eleven_to_thirteen_objectives_of_rank_three_are_solved_exactly():
     # 11 gradients of rank 3 (0 lies in their hull, so the dual has kinks), c = 0.999, uniform weights: the
     # projected-gradient path divided by zero here when its backtracking step underflowed
     rng = np.random.default_rng

@@ -121,7 +121,7 @@ def test_main_exits_nonzero_and_names_the_failed_claim(monkeypatch, tmp_path, ca
 
 def test_bad_flags_are_one_line_before_anything_runs():
     for flags, message in ((["--seeds", "0"], "--seeds: invalid value 0 (see --help)"),  # would check nothing
-                           (["--c", "1"], "--c: invalid value 1.0 (see --help)"),
+                           (["--c", "1"], "--c: expected a value in [0, 1), got 1.0"),
                            (["--eta-scale", "2"], "--eta-scale: invalid value 2.0 (see --help)"),
                            (["--out", ""], "--out: empty; expected a directory")):
         with pytest.raises(INPUT_ERRORS) as error:
