@@ -28,7 +28,7 @@ def close(a, b):
 
 def test_prompt_round_trip():
     facts = {"cat": "happy", "dog": "slow", "owl": "old"}
-    assert world.render_prompt(list(facts.items())) == PROMPT
+    assert world.facts_prompt(list(facts.items())) == PROMPT
     assert world.parse_prompt(PROMPT) == facts
 
 
@@ -137,6 +137,70 @@ def test_labels_follow_bradley_terry():
     wins = sum(world.preference_labels(a, b, 0.1, rng)["quality"] == 1 for _ in range(n))
     expected = 1 / (1 + math.exp(-1.0))  # sigmoid(0.1 / 0.1) = 0.731
     assert abs(wins / n - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
+
+
+# --- the conflict knob --------------------------------------------------------------------------------------------
+
+
+def test_pair_kinds_by_hand():
+    bare_one, bare_two = "the happy cat .", "the happy cat . the slow dog ."  # 3 and 6 words
+    padded_one = "and then we see the happy cat ."  # one fact in 7 words
+    assert world.pair_kind(PROMPT, bare_two, bare_one) == "conflict"  # more facts, more words
+    assert world.pair_kind(PROMPT, bare_two, padded_one) == "agree"  # more facts in fewer words
+    assert world.pair_kind(PROMPT, "also the happy cat .", bare_one) == "waste"  # the same fact, one word more
+    assert world.pair_kind(PROMPT, "the old owl .", bare_one) is None  # a different fact in as many words: a tie
+    assert world.pair_kind(PROMPT, "the fast dog .", bare_one) == "agree"  # a wrong fact: less quality, same words
+
+
+def pools(prompts):
+    """Candidate responses per prompt with every kind of pair among them: the bare k-fact summaries (conflicting
+    with each other), the first fact padded to 7 words (agreeing with the 2-fact one) and with one filler word
+    (waste beside the bare one)."""
+    out = []
+    for prompt in prompts:
+        bare = world.front_responses(prompt)
+        out.append(bare + ["and then we see " + bare[0], "also " + bare[0]])
+    return out
+
+
+def test_conflict_pairs_draw_each_kind_as_the_level_asks_and_label_it_by_its_scores():
+    prompts = world.make_prompts(400, 3)
+    candidates = pools(prompts)
+    for level in (0.0, 0.3, 1.0):
+        rows = world.conflict_pairs(prompts, candidates, level, label_temperature=0.0, seed=1)
+        assert len(rows) == len(prompts)  # every prompt has every kind here
+        share = sum(r["kind"] == "conflict" for r in rows) / len(rows)
+        assert abs(share - level) < 4 * math.sqrt(max(level * (1 - level), 1e-9) / len(rows)) + 1e-9
+        for r in rows:
+            assert world.pair_kind(r["prompt"], r["response_a"], r["response_b"]) == r["kind"]
+            quality, conciseness = r["raco_s_quality"], r["raco_s_conciseness"]
+            if r["kind"] == "conflict":
+                assert quality == -conciseness != 0
+            elif r["kind"] == "agree":
+                assert quality != 0 and conciseness in (0, quality)
+            else:
+                assert quality == 0 != conciseness
+        if level == 0.0:  # without conflict, agree and waste pairs come about equally often
+            assert abs(sum(r["kind"] == "agree" for r in rows) / len(rows) - 0.5) < 0.1
+
+
+def test_raising_the_level_only_turns_pairs_into_conflict_pairs():
+    prompts = world.make_prompts(200, 4)
+    candidates = pools(prompts)
+    low, high = (world.conflict_pairs(prompts, candidates, level, seed=2) for level in (0.25, 0.75))
+    assert [r["prompt"] for r in low] == [r["prompt"] for r in high]
+    for a, b in zip(low, high):
+        assert b == a if a["kind"] == "conflict" or b["kind"] != "conflict" else a["kind"] in ("agree", "waste")
+    assert sum(r["kind"] == "conflict" for r in high) > sum(r["kind"] == "conflict" for r in low)
+
+
+def test_a_prompt_without_a_pair_of_the_kind_drawn_is_left_out():
+    prompts = world.make_prompts(50, 5)
+    only_bare = [world.front_responses(p) for p in prompts]  # conflict pairs only
+    assert world.conflict_pairs(prompts, only_bare, 0.0) == []
+    assert len(world.conflict_pairs(prompts, only_bare, 1.0)) == len(prompts)
+    with pytest.raises(ValueError, match="level"):
+        world.conflict_pairs(prompts, only_bare, 1.5)
 
 
 # --- the shipped tokenizer and data (the shipped model's samples: tests/harness/test_models.py) -------------------
