@@ -39,7 +39,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from harness.command_line import THREADS_HELP, OneLineParser, check_flags, check_sampling, run_command, use_threads
-from harness.errors import UsageError
+from harness.errors import DataError, UsageError
 from harness.metrics import pearson
 from harness.models import load_model
 from harness.run_directory import check_writable, input_fingerprints, write_json
@@ -265,6 +265,9 @@ def conflict_data(model_dir, out_dir, levels, prompts=3000, samples=8, seed=0, l
     directories = {}
     for level in levels:
         rows = conflict_pairs(pool["prompts"], pool["responses"], level, label_temperature, seed + 3)
+        if not rows:
+            raise DataError(f"{model_dir}: its samples for {prompts} prompts hold no pair of the kinds conflict level "
+                            f"{level:g} draws (are they well-formed summaries? python experiments/world_build.py stats)")
         directory = os.path.join(out_dir, f"level-{level:g}")
         os.makedirs(directory, exist_ok=True)
         for name, text in (("world_train.jsonl", "".join(json.dumps(r) + "\n" for r in rows)),

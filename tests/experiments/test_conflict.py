@@ -6,6 +6,7 @@ import os
 import pytest
 
 from experiments import conflict
+from tiny import ROOT
 
 NAMES = ["quality", "conciseness"]
 W = (0.5, 0.5)
@@ -45,9 +46,11 @@ def test_hypervolume_shares_take_each_methods_best_point_within_the_common_kl_bu
 
 
 @pytest.mark.slow
-def test_the_command_builds_each_level_trains_every_method_and_writes_its_report(tiny_world, tmp_path, capsys):
+def test_the_command_builds_each_level_trains_every_method_and_writes_its_report(tmp_path, capsys):
+    """On the shipped model (a random one writes no summary to make pairs of), everything else in miniature."""
     out = tmp_path / "conflict"
-    flags = ["--model", tiny_world["model"], "--data", tiny_world["train"], "--levels", "0,1", "--sweep", "0.8",
+    flags = ["--model", f"{ROOT}/models/world-tiny", "--data", f"{ROOT}/data/world_train.jsonl", "--levels", "0,1",
+             "--sweep", "0.8",
              "--seeds", "0,1", "--lrs", "2e-2", "--steps", "4", "--points", "2", "--prompts", "3", "--samples", "2",
              "--pairs", "8", "--max-new-tokens", "12", "--pool-prompts", "24", "--cs", "0.7", "--three", "1",
              "--out", str(out)]
@@ -74,3 +77,11 @@ def test_the_command_builds_each_level_trains_every_method_and_writes_its_report
     again = conflict.main(flags)  # every run reused: nothing trained twice, the same numbers
     assert {d: os.path.getmtime(out / "runs" / d) for d in os.listdir(out / "runs")} == trained
     assert again["levels"][1]["raco_minus_lw"] == report["levels"][1]["raco_minus_lw"]
+
+
+def test_a_model_whose_samples_make_no_pair_of_a_level_is_one_line(tiny_world, tmp_path):
+    from experiments import world_build
+    from harness.errors import DataError
+    with pytest.raises(DataError, match="hold no pair of the kinds conflict level 0 draws"):  # a random model
+        world_build.conflict_data(tiny_world["model"], str(tmp_path / "data"), [0.0], prompts=10,
+                                  held_out=tiny_world["eval"])
