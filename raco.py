@@ -39,6 +39,12 @@ def objective_cotangents(losses, logps):
     return torch.stack([torch.autograd.grad(loss, logps, retain_graph=True)[0] for loss in losses])
 
 
+def check_losses(losses, weights):
+    """One loss per weight, or a ValueError saying how many of each."""
+    if len(losses) != len(weights):
+        raise ValueError(f"got {len(losses)} losses for {len(weights)} weights")
+
+
 def gradient_rows(tensors, m):
     """A zero (m, n) buffer whose rows hold one flat gradient of `tensors` each, in their (single) dtype."""
     dtypes = {t.dtype for t in tensors}
@@ -79,8 +85,7 @@ class MultiObjectiveBackward:
     def backward(self, losses, logps):
         """Add one micro-batch. losses: (m,) per-objective losses; logps: (R,) the log-probs of the micro-batch's
         responses (both of every pair), which the losses read, and through which alone they reach the model."""
-        if len(losses) != len(self.weights):
-            raise ValueError(f"got {len(losses)} losses for {len(self.weights)} weights")
+        check_losses(losses, self.weights)
         if self.G is None:
             self.G = gradient_rows(self.params, len(self.weights))
         cotangents = objective_cotangents(losses, logps)

@@ -25,7 +25,7 @@ from torch.distributed.tensor import DTensor
 from harness import distributed
 from harness.models import transformer_blocks
 from harness.shared_backward import shared_or_fallback
-from raco import MultiObjectiveBackward, flat_views, gradient_rows, gram, objective_cotangents
+from raco import MultiObjectiveBackward, check_losses, flat_views, gradient_rows, gram, objective_cotangents
 
 WEIGHTED_LOSS_METHODS = ("lw",)  # d = g0: one backward pass, no Gram matrix needed
 SOLVE_PER = ("step", "micro_batch")  # where the dual is solved under accumulation (--solve-per)
@@ -57,8 +57,7 @@ class ShardedRows(MultiObjectiveBackward):
     the direction is handed back as DTensors over the same shards."""
 
     def backward(self, losses, logps):
-        if len(losses) != len(self.weights):
-            raise ValueError(f"got {len(losses)} losses for {len(self.weights)} weights")
+        check_losses(losses, self.weights)
         local = [p.to_local() for p in self.params]
         if self.G is None:
             self.G = gradient_rows(local, len(self.weights))
@@ -143,8 +142,7 @@ class WeightedLossBackward:
         self.per_objective, self.count = None, 0  # this step's path, fixed by its first micro-batch
 
     def backward(self, losses, logps):
-        if len(losses) != len(self.weights):
-            raise ValueError(f"got {len(losses)} losses for {len(self.weights)} weights")
+        check_losses(losses, self.weights)
         if self.per_objective is None:
             self.per_objective = bool(self.wants_diagnostics())
         if self.per_objective:
@@ -174,8 +172,7 @@ class SubsetGramBackward:
         self.diagnostics, self.count = {}, 0
 
     def backward(self, losses, logps):
-        if len(losses) != len(self.plain.weights):
-            raise ValueError(f"got {len(losses)} losses for {len(self.plain.weights)} weights")
+        check_losses(losses, self.plain.weights)
         grads = [torch.autograd.grad(losses[i], self.gram_params, retain_graph=True, materialize_grads=True)
                  for i in range(len(losses))]
         a, diagnostics = self.plain.solve(gram(torch.stack([torch.cat([g.reshape(-1) for g in per_objective])

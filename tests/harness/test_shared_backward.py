@@ -122,11 +122,12 @@ def test_it_is_one_backward_pass_through_the_model(world_batch):
     policy, reference = copy.deepcopy(base).train(), copy.deepcopy(base).eval()
     params, passes = list(policy.parameters()), []
     policy.model.layers[0].register_full_backward_hook(lambda *args: passes.append(1))
-    for backward, expected in ((MultiObjectiveBackward(params, [0.2, 0.3, 0.5]), 3),
-                               (SharedBackward(policy, params, [0.2, 0.3, 0.5]), 1)):
-        passes.clear()
-        backward.backward(*step_inputs(policy, reference, batch, 3))
-        assert len(passes) == expected
+    for backward, first, after in ((MultiObjectiveBackward(params, [0.2, 0.3, 0.5]), 3, 3),
+                                   (SharedBackward(policy, params, [0.2, 0.3, 0.5]), 2, 1)):
+        for expected in (first, after):  # the first micro-batch also runs the direct pass that checks the one pass
+            passes.clear()
+            backward.backward(*step_inputs(policy, reference, batch, 3))
+            assert len(passes) == expected
 
 
 def test_loss_weighting_logs_its_diagnostics_through_the_one_pass(world_batch):
@@ -160,6 +161,41 @@ def test_six_steps_train_the_same_weights(tiny_world, tmp_path, m):
     assert max((value - initial[key]).abs().max() for key, value in per_objective.items()) > 1e-3  # they moved
 
 
+def test_under_bf16_autocast_the_rows_agree_to_bf16_rounding(world_batch):
+    """bf16 autocast over float32 weights (--dtype bfloat16): the products are taken on bf16 activations, as autograd
+    takes them, in another order; the rows agree to bf16's rounding, and the first micro-batch's check passes."""
+    base, batch = world_batch
+    policy, reference = copy.deepcopy(base).train(), copy.deepcopy(base).eval()
+    params = list(policy.parameters())
+    rows = []
+    for backward in (MultiObjectiveBackward(params, [0.5, 0.5]), SharedBackward(policy, params, [0.5, 0.5])):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses, logps = step_inputs(policy, reference, batch, 2)
+        backward.backward(losses, logps)
+        rows.append(backward.G.clone())
+    assert relative(rows[1], rows[0]) < 2e-2
+    assert relative(rows[1][0], rows[1][1]) > 0.5  # the two objectives' rows differ far more than that
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["--grad-accum", "2"], ["--grad-accum", "2", "--solve-per", "micro_batch"],
+                                   ["--method", "lw", "--log-every", "2"]])
+def test_accumulation_micro_batch_duals_and_loss_weighting_train_alike(tiny_world, tmp_path, extra):
+    """The one pass under what the runs around it vary: micro-batches accumulated into G, the dual solved per
+    micro-batch, DPO-LW (its logged steps through the one pass, the others through the weighted loss)."""
+    tolerance = 1e-4
+    common = ["--model", tiny_world["model"], "--data", tiny_world["train"], "--steps", "4", "--batch-size", "8",
+              "--lr", "1e-2", "--eval-prompts", "0", "--save-every", "0", *extra]
+    for backward in ("per_objective", "shared"):
+        train.main(train.parse_args([*common, "--backward", backward, "--out", str(tmp_path / backward)]))
+    per_objective, shared = (load_file(str(tmp_path / b / "policy" / "model.safetensors"))
+                             for b in ("per_objective", "shared"))
+    for key, value in per_objective.items():
+        assert torch.allclose(shared[key], value, rtol=tolerance, atol=tolerance), key
+    initial = load_file(f"{tiny_world['model']}/model.safetensors")
+    assert max((value - initial[key]).abs().max() for key, value in per_objective.items()) > 10 * tolerance
+
+
 def config(**overrides):
     return train.Config(**{"backward": "shared", **overrides})
 
@@ -182,14 +218,68 @@ def test_what_it_does_not_cover_falls_back_with_one_line(capsys):
                                          lambda: True)) is SharedBackward and capsys.readouterr().err == ""
 
 
-def test_a_model_whose_rows_mix_is_refused(world_batch):
+class ScaledEmbedding(torch.nn.Embedding):
+    """An embedding with a forward of its own, as Gemma's multiplies by sqrt(hidden size)."""
+
+    def forward(self, ids):
+        return super().forward(ids) * 3.0
+
+
+class TiedHead(torch.nn.Module):
+    """An output layer that multiplies by the embedding's weight without calling any module: F.linear(h, E)."""
+
+    def __init__(self, embedding):
+        super().__init__()
+        self.embedding = embedding
+
+    def forward(self, hidden):
+        return torch.nn.functional.linear(hidden, self.embedding.weight)
+
+
+def test_an_embedding_with_a_forward_of_its_own_goes_through_its_own_backward(world_batch):
+    base, batch = world_batch
+    policy = tiny_llama(3, vocab_size=64)
+    scaled = ScaledEmbedding(64, 16)
+    scaled.load_state_dict(policy.model.embed_tokens.state_dict())
+    policy.model.embed_tokens = scaled
+    reference, params = copy.deepcopy(policy).eval(), list(policy.parameters())
+    per_objective = gradients(MultiObjectiveBackward(params, [0.5, 0.5]), policy, reference, batch, 2)
+    one_pass = gradients(SharedBackward(policy, params, [0.5, 0.5]), policy, reference, batch, 2)
+    assert relative(one_pass[0], per_objective[0]) < 1e-5
+
+
+@pytest.mark.parametrize("break_it", ["rows mix", "weight outside its module"])
+def test_a_model_the_one_pass_would_get_wrong_is_refused(world_batch, break_it):
+    base, batch = world_batch
+    policy = copy.deepcopy(base).train()
+    if break_it == "rows mix":  # every row's embeddings shifted by the batch's mean, as batch norm in training does
+        policy.model.embed_tokens.register_forward_hook(lambda module, inputs, output: output + output.mean(0))
+    else:
+        policy.config.tie_word_embeddings = False
+        policy.lm_head = TiedHead(policy.model.embed_tokens)
+    reference = copy.deepcopy(policy).eval()
+    shared = SharedBackward(policy, list(policy.parameters()), [0.5, 0.5])
+    with pytest.raises(NotShareable, match="differ from a direct backward pass by"):
+        shared.backward(*step_inputs(policy, reference, batch, 2))
+
+
+def test_it_leaves_the_model_as_it_found_it_when_it_goes(world_batch):
+    import gc
+    import weakref
     base, batch = world_batch
     policy, reference = copy.deepcopy(base).train(), copy.deepcopy(base).eval()
+    hooks = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in policy.modules())  # noqa: E731
     shared = SharedBackward(policy, list(policy.parameters()), [0.5, 0.5])
-    # every row's embeddings shifted by the batch's mean: what batch normalisation in training mode does
-    policy.model.embed_tokens.register_forward_hook(lambda module, inputs, output: output + output.mean(0))
-    with pytest.raises(NotShareable, match="lets one row of a batch change the outputs of the others"):
-        shared.backward(*step_inputs(policy, reference, batch, 2))
+    assert hooks() > 0
+    shared.backward(*step_inputs(policy, reference, batch, 2))
+    shared.finish()
+    gone, rows = weakref.ref(shared), weakref.ref(shared.G)
+    gc.disable()  # freed by reference counting alone: no cycle through the model keeps it
+    try:
+        del shared
+        assert gone() is None and rows() is None and hooks() == 0
+    finally:
+        gc.enable()
 
 
 def test_the_world_run_is_the_same_run(tmp_path):
