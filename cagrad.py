@@ -210,9 +210,10 @@ def _solve(H, w, method, c):
 
 # ----------------------------------------------------------------------------- diagnostics: what train.py logs
 
-# An objective whose share of a combination sum_i p_i g_i is below this contributes less to it than float32 gradients
-# can carry (they round at ~6e-8): for the diagnostics, it is not there. A share, unlike p_i itself, is scale-free:
-# with gradient norms 1e6 apart, p_i ~ 1e-12 on the longer gradient is a share of ~1e-6 and counts.
+# An objective whose share of a combination sum_i p_i g_i is below this is not there, for the diagnostics: well below
+# float32's rounding of the gradients (~6e-8), so that every share the gradients can carry counts, and well above
+# float64's (~1e-16) in which the shares are computed. A share, unlike p_i itself, is scale-free: with gradient norms
+# 1e6 apart, p_i ~ 1e-12 on the longer gradient is a share of ~1e-6 and counts.
 NEGLIGIBLE_SHARE = 1e-9
 
 

@@ -201,9 +201,10 @@ def conflict_pairs(prompts, pools, level, label_temperature=0.05, seed=0):
 
     The levels are coupled: each prompt's draws (its uniform u, which of its pairs of each kind, the order of the two
     responses, the label noise) depend on the seed and the prompt's index only, and it takes its conflict pair where
-    u < level. Raising the level only turns some agree and waste pairs into conflict pairs; the rest stay as they
+    u < level. Raising the level turns some agree and waste pairs into conflict pairs and leaves the rest as they
     were. A prompt drawn for an agree pair that has none takes its waste pair, and the other way round; a prompt
-    without a pair of the kind drawn (conflict, or neither agree nor waste) is left out.
+    without a pair of the kind drawn (conflict, or neither agree nor waste) is left out, so that the share of
+    conflict pairs can drift from the level by the share of such prompts (the shipped model's: under 0.5%).
     """
     if not 0.0 <= level <= 1.0:
         raise ValueError(f"level must be in [0, 1], got {level}")
@@ -226,7 +227,7 @@ def conflict_pairs(prompts, pools, level, label_temperature=0.05, seed=0):
                 labelled[kind] = (a, b, preference_labels(score(prompt, a), score(prompt, b), label_temperature, rng))
         wanted = ("conflict",) if u < level else ("agree", "waste") if v < 0.5 else ("waste", "agree")
         kind = next((k for k in wanted if k in labelled), None)
-        if kind is None:  # no pair of the kind drawn: left out, so that the level stays what was asked for
+        if kind is None:  # no pair of the kind drawn: left out rather than given another kind
             continue
         a, b, labels = labelled[kind]
         rows.append({"prompt": prompt, "response_a": a, "response_b": b, "kind": kind,

@@ -70,8 +70,9 @@ def train_and_score(args, level, data, names, sweep, methods, c=0.4, tag=""):
 
 
 def per_seed(values_by_seed, seeds):
+    """{"mean", "se"} over seeds (se: NaN, written null, with one seed)."""
     mean, se = mean_se([values_by_seed[s] for s in seeds])
-    return {"mean": mean, "se": 0.0 if math.isnan(se) else se}
+    return {"mean": mean, "se": se}
 
 
 def matched_kl(rows, a, b, grid, seeds, names):
@@ -133,8 +134,9 @@ def data_statistics(directory, names):
     with open(os.path.join(directory, "world_train.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     decided = [r for r in rows if r[f"raco_s_{names[0]}"] and r[f"raco_s_{names[1]}"]]
+    opposite = sum(r[f"raco_s_{names[0]}"] != r[f"raco_s_{names[1]}"] for r in decided)
     return {"pairs": len(rows), "conflict_share": sum(r["kind"] == "conflict" for r in rows) / len(rows),
-            "opposite_labels": sum(r[f"raco_s_{names[0]}"] != r[f"raco_s_{names[1]}"] for r in decided) / len(decided)}
+            "opposite_labels": opposite / len(decided) if decided else math.nan}
 
 
 def run_conflict(args):
@@ -174,15 +176,17 @@ def run_conflict(args):
 
 def settings(args):
     keys = ("levels", "sweep", "seeds", "lrs", "methods", "steps", "points", "prompts", "samples", "pairs",
-            "pool_prompts", "cs", "three", "beta", "micro_batch", "grad_accum", "solve_per", "temperature")
+            "pool_prompts", "cs", "three", "beta", "micro_batch", "grad_accum", "solve_per", "backward", "temperature")
     return {k: getattr(args, k) for k in keys}
 
 
 def cell(entry, key, digits=3):
     """mean ± standard error; "-" where there is none (no KL that every run reached)."""
     value = entry.get(key)
-    if value is None or math.isnan(value["mean"]):
+    if value is None or value["mean"] is None or math.isnan(value["mean"]):
         return "-"
+    if value["se"] is None or math.isnan(value["se"]):
+        return f"{value['mean']:+.{digits}f} (one seed)"
     return f"{value['mean']:+.{digits}f} ± {value['se']:.{digits}f}"
 
 
@@ -295,6 +299,8 @@ def parse_args(argv=None):
             or not 1 <= args.points <= args.steps or not 1 <= args.pool_prompts:
         raise UsageError(f"--lrs, --cs, --points, --pool-prompts: expected positive learning rates, c in [0, 1), "
                          f"1 <= points <= steps and a positive number of prompts")
+    if args.c_list and not {"cagrad", "raco"} & set(args.method_list):
+        raise UsageError(f"--cs: the runs at other values of c need cagrad or raco in --methods, got {args.methods!r}")
     if args.three_level is not None and args.three_level not in args.level_list:
         raise UsageError(f"--three: expected one of --levels {args.levels}, got {args.three!r}")
     return args

@@ -98,8 +98,8 @@ def train_config(args, names, **fields):
     """The train.Config of one run of the sweep; the training flags of pareto.py pass through, `fields` override."""
     return train.Config(**{**dict(model=args.model, data=args.data, objectives=",".join(names), steps=args.steps,
                                   lr=args.lr, beta=args.beta, batch_size=args.micro_batch, grad_accum=args.grad_accum,
-                                  solve_per=args.solve_per, eval_prompts=0, device=args.device, save_every=0,
-                                  log_every=max(1, args.steps // 4)), **fields})
+                                  solve_per=args.solve_per, backward=args.backward, eval_prompts=0, device=args.device,
+                                  save_every=0, log_every=max(1, args.steps // 4)), **fields})
 
 
 def prepare(args, quick, full, minimum=2, three=None):
@@ -179,6 +179,8 @@ def add_arguments(p, quick, full):
                                                                                     "(default: %(default)s)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default: %(default)s)")
     p.add_argument("--solve-per", default="step", help="step | micro_batch (default: %(default)s)")
+    p.add_argument("--backward", default="per_objective", help="per_objective | shared: train.py's --backward "
+                                                               "(default: %(default)s)")
     p.add_argument("--model", default=train.Config.model, help="the reference model (default: %(default)s)")
     p.add_argument("--data", default=train.Config.data, help="training pairs (default: %(default)s; the held-out "
                                                              "pairs are world_eval.jsonl beside it)")

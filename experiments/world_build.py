@@ -267,7 +267,7 @@ def conflict_data(model_dir, out_dir, levels, prompts=3000, samples=8, seed=0, l
         rows = conflict_pairs(pool["prompts"], pool["responses"], level, label_temperature, seed + 3)
         if not rows:
             raise DataError(f"{model_dir}: its samples for {prompts} prompts hold no pair of the kinds conflict level "
-                            f"{level:g} draws (are they well-formed summaries? python experiments/world_build.py stats)")
+                            f"{level:g} draws (are they summaries? python experiments/world_build.py stats)")
         directory = os.path.join(out_dir, f"level-{level:g}")
         os.makedirs(directory, exist_ok=True)
         for name, text in (("world_train.jsonl", "".join(json.dumps(r) + "\n" for r in rows)),
