@@ -5,8 +5,9 @@
 
 1. solver: cagrad.coefficients, time per call for m = 2, 3, 8, 16 (raco), next to lw (no solve) as the floor.
 2. step: one whole optimizer step (reference forward, policy forward, the backward pass(es), Gram matrix, solve,
-   combination, AdamW) of RACO against DPO-LW on the same batches, timed in alternation, as a ratio; and each
-   step's peak memory (CUDA: the allocator's peak; CPU: the peak resident size of a fresh process per method).
+   combination, AdamW) of DPO-LW, RACO with a backward pass per objective and RACO with one shared pass
+   (--backward shared), for m = 1 to 5 objectives on the same batches, timed in alternation, as ratios to DPO-LW;
+   and each step's peak memory (CUDA: the allocator's peak; CPU: the peak resident size of a fresh process each).
    CPU: a ~20M-parameter Llama, 8 pairs x 128 tokens, float32. CUDA: a Qwen3-0.6B-shaped model (random weights,
    float32 master weights under bf16 autocast, as train.py runs it), 8 pairs x 512 tokens.
 3. subset: the subset-Gram step (--gram-layers K) on the same model and on the embedded world: its time against
@@ -36,9 +37,6 @@ from harness.models import load_model, pick_device
 from harness.preference_data import load_pairs
 from harness.scale import multi_objective_backward
 
-WEIGHTS = [0.5, 0.5]
-
-
 def best_of(fn, repeats, rounds=5):
     """Seconds per call: the best of `rounds` rounds of `repeats` calls (the least disturbed by other load)."""
     times = []
@@ -65,8 +63,9 @@ def bench_solver():
 # ----------------------------------------------------------------------------------------------------------------
 # One whole optimizer step
 
-def bench_model(device):
-    """(model, batch, description): the CPU or the GPU benchmark model with random weights and token batches."""
+def bench_model(device, objectives=2):
+    """(model, batch, description): the CPU or the GPU benchmark model with random weights, and a token batch whose
+    pairs have a label per objective (+1, -1 or 0, seeded)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
     torch.manual_seed(0)
     if device.type == "cuda":
@@ -80,33 +79,39 @@ def bench_model(device):
     ids = torch.randint(0, config.vocab_size, (2 * pairs, length), generator=torch.Generator().manual_seed(1))
     completion = torch.zeros_like(ids)
     completion[:, length // 4:] = 1  # a quarter of every sequence is prompt
+    signs = torch.randint(-1, 2, (pairs, objectives), generator=torch.Generator().manual_seed(2)).float()
+    signs[:, 0] = 1.0  # every pair decided for the first objective
     batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-             "completion_mask": completion.to(device),
-             "signs": torch.tensor([[1.0, -1.0], [1.0, 1.0]] * (pairs // 2), device=device)}
+             "completion_mask": completion.to(device), "signs": signs.to(device)}
     dtype = "float32 weights, bf16 autocast" if device.type == "cuda" else "float32"
     size = sum(p.numel() for p in model.parameters()) / 1e6
     return model.to(device), batch, f"{size:.1f}M-parameter {type(model).__name__}, {pairs} pairs x {length} tokens, " \
                                     f"{dtype}, {device.type}"
 
 
-class Step:
-    """train.py's step on a fixed batch: reference forward, policy forward, losses, the multi-objective backward
-    (harness/scale.multi_objective_backward: DPO-LW's single backward pass, the subset Gram), clip, AdamW. method
-    "dpo": plain
-    single-objective DPO (one loss, one backward), what any DPO trainer costs."""
+KINDS = {"lw": ("lw", "per_objective"), "raco": ("raco", "per_objective"), "shared": ("raco", "shared")}
 
-    def __init__(self, model, batch, method, gram_layers=0):
+
+class Step:
+    """train.py's step on a fixed batch, on a copy of the model of its own: reference forward, policy forward, losses,
+    the multi-objective backward (harness/scale.multi_objective_backward: DPO-LW's single backward pass, RACO's
+    backward pass per objective or its one shared pass, the subset Gram), clip, AdamW; uniform weights over the
+    batch's objectives."""
+
+    def __init__(self, model, batch, method, backward="per_objective", gram_layers=0):
         import copy
-        self.model, self.batch, self.method = model, batch, method
+        self.model, self.batch, self.method = copy.deepcopy(model), batch, method
+        model = self.model
         self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if batch["input_ids"].is_cuda else None
         if self.autocast is not None:
             self.reference.to(torch.bfloat16)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-6)
-        config = types.SimpleNamespace(gram_layers=gram_layers, solve_per="step", c=0.4, backward="per_objective")
-        self.backward = multi_objective_backward(config, model, trainable, [1.0] if method == "dpo" else WEIGHTS,
-                                                 "lw" if method == "dpo" else method, None,
+        config = types.SimpleNamespace(gram_layers=gram_layers, solve_per="step", c=0.4, backward=backward,
+                                       gradient_checkpointing=False, fsdp=False)
+        m = batch["signs"].shape[1]
+        self.backward = multi_objective_backward(config, model, trainable, [1.0 / m] * m, method, None,
                                                  lambda: False)  # as on train.py's steps that log nothing
 
     def losses(self):
@@ -115,8 +120,7 @@ class Step:
             logps = dpo.completion_logps(self.model, self.batch)[0]
             with torch.no_grad():
                 ref_a, ref_b = dpo.completion_logps(self.reference, self.batch)[0].chunk(2)
-        signs = self.batch["signs"][:, :1] if self.method == "dpo" else self.batch["signs"]
-        return dpo.dpo_losses(dpo.log_ratio_margin(*logps.chunk(2), ref_a, ref_b), signs, 0.1), logps
+        return dpo.dpo_losses(dpo.log_ratio_margin(*logps.chunk(2), ref_a, ref_b), self.batch["signs"], 0.1), logps
 
     def __call__(self):
         self.backward.backward(*self.losses())
@@ -150,16 +154,17 @@ def alternate(steps, rounds, sync):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def peak_memory(method, device, gram_layers=0):
-    """Peak memory of a step (bytes): CUDA's allocator peak here; on CPU the peak resident size of a fresh process
-    (Linux), which includes the interpreter and the model for every method alike."""
+def peak_memory(kind, objectives, device):
+    """Peak memory of a step of KINDS[kind] with `objectives` objectives (bytes): CUDA's allocator peak here; on CPU
+    the peak resident size of a fresh process (Linux), which includes the interpreter and the model for every kind
+    alike."""
     if device.type == "cpu":
-        child = subprocess.run([sys.executable, __file__, "--memory-of", method, "--gram-layers", str(gram_layers),
+        child = subprocess.run([sys.executable, __file__, "--memory-of", kind, "--objectives", str(objectives),
                                 "--threads", "1"],
                                capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         return json.loads(child.stdout.strip().splitlines()[-1])["peak"]
-    model, batch, _ = bench_model(device)
-    step = Step(model, batch, method, gram_layers)
+    model, batch, _ = bench_model(device, objectives)
+    step = Step(model, batch, *KINDS[kind])
     step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -168,21 +173,27 @@ def peak_memory(method, device, gram_layers=0):
     return torch.cuda.max_memory_allocated()
 
 
-def bench_step(device, rounds):
-    model, batch, described = bench_model(device)
+def bench_step(device, rounds, objectives=(1, 2, 3, 4, 5)):
+    """DPO-LW, RACO with a backward pass per objective and RACO with one shared pass (harness/shared_backward.py),
+    for m = 1 to 5 objectives: time per step, timed in alternation at each m, and peak memory."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    steps = {m: Step(model, batch, m) for m in ("dpo", "lw", "raco")}
-    print(f"one whole optimizer step, {described}; median of {rounds} steps each, in alternation")
-    times = alternate(steps, rounds, sync)
-    trainable = sum(p.numel() for p in model.parameters())
-    memory = {m: peak_memory(m, device) for m in steps}
-    allowance = memory["lw"] + 2 * trainable * 4  # DPO-LW's peak + m x trainable parameters x float32 gradient
-    for m, label in (("dpo", "single-objective DPO"), ("lw", "DPO-LW (2 objectives)"), ("raco", "RACO")):
-        print(f"  {label:<24} {times[m] * 1e3:9.1f} ms   peak {memory[m] / 2**30:6.2f} GiB")
-    print(f"  ratio RACO / DPO-LW: {times['raco'] / times['lw']:.2f} (target <= 1.6); DPO-LW / single-objective DPO: "
-          f"{times['lw'] / times['dpo']:.2f}")
-    print(f"  RACO's peak memory: {memory['raco'] / 2**30:.2f} GiB against DPO-LW's + 2 x parameters x 4 bytes = "
-          f"{allowance / 2**30:.2f} GiB ({memory['raco'] / allowance:.2f} of it; target <= 1.10)")
+    ratios = {}
+    for m in objectives:
+        model, batch, described = bench_model(device, m)
+        if not ratios:
+            print(f"one whole optimizer step, {described}; median of {rounds} steps each, in alternation; peak memory "
+                  f"in GiB ({'the allocator' if device.type == 'cuda' else 'a fresh process, VmHWM'})")
+            print(f"  {'m':>2} {'DPO-LW':>10} {'RACO, per objective':>27} {'RACO, shared':>27}   peak: LW / per "
+                  "objective / shared")
+        times = alternate({kind: Step(model, batch, *KINDS[kind]) for kind in KINDS}, rounds, sync)
+        memory = {kind: peak_memory(kind, m, device) / 2**30 for kind in KINDS}
+        ratios[m] = {kind: times[kind] / times["lw"] for kind in KINDS}
+        print(f"  {m:>2} {times['lw'] * 1e3:7.0f} ms {times['raco'] * 1e3:14.0f} ms ({ratios[m]['raco']:.2f}x) "
+              f"{times['shared'] * 1e3:14.0f} ms ({ratios[m]['shared']:.2f}x)   {memory['lw']:.2f} / "
+              f"{memory['raco']:.2f} / {memory['shared']:.2f}")
+    if {2, 3} <= set(ratios):
+        print(f"  RACO shared / DPO-LW: {ratios[2]['shared']:.2f} at m = 2 (target <= 1.25), {ratios[3]['shared']:.2f} "
+              f"at m = 3 (target <= 1.5); per objective: {ratios[2]['raco']:.2f} and {ratios[3]['raco']:.2f}")
 
 
 def cosine(a, b):
@@ -213,10 +224,11 @@ def bench_subset_world(rounds):
     batch["signs"] = torch.tensor([p.signs for p in pairs], dtype=torch.float32)
     exact = Step(model, batch, "raco").direction()
     subset = Step(model, batch, "raco", gram_layers=1)
-    times = alternate({"lw": Step(model, batch, "lw"), "subset": subset, "raco": Step(model, batch, "raco")},
-                      rounds * 10, lambda: None)
+    times = alternate({"lw": Step(model, batch, "lw"), "subset": subset, "raco": Step(model, batch, "raco"),
+                       "shared": Step(model, batch, "raco", "shared")}, rounds * 10, lambda: None)
     print(f"  the embedded world (134k parameters, 2 blocks, 16 pairs), K = 1: {times['subset'] / times['lw']:.2f}x "
-          f"DPO-LW's step (exact RACO {times['raco'] / times['lw']:.2f}x); cosine to exact RACO's direction "
+          f"DPO-LW's step (exact RACO {times['raco'] / times['lw']:.2f}x, with one shared backward pass "
+          f"{times['shared'] / times['lw']:.2f}x); cosine to exact RACO's direction "
           f"{cosine(subset.direction(), exact):.4f}")
 
 
@@ -256,16 +268,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per method (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + "; here the default is 0: what the "
                                                                             "machine can do (default: %(default)s)")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a child process measuring one method's peak
-    parser.add_argument("--gram-layers", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", choices=list(KINDS), help=argparse.SUPPRESS)  # a child measuring one peak
+    parser.add_argument("--objectives", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     check_positive(args, ("rounds",))
     check_flags(args, [("threads", args.threads >= 0)])
     device = pick_device(args.device)
     use_threads(args.threads, device)
     if args.memory_of:
-        model, batch, _ = bench_model(device)
-        step = Step(model, batch, args.memory_of, args.gram_layers)
+        model, batch, _ = bench_model(device, args.objectives)
+        step = Step(model, batch, *KINDS[args.memory_of])
         step(), step()
         with open("/proc/self/status") as f:  # VmHWM: this process image's peak (ru_maxrss counts the parent's too)
             peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
