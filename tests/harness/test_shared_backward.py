@@ -13,8 +13,8 @@ import train
 from harness.batches import collate
 from harness.models import add_lora, load_model
 from harness.preference_data import load_pairs
-from harness.scale import WeightedLossBackward, multi_objective_backward
-from harness.shared_backward import NotShareable, SharedBackward
+from harness.scale import ShardedRows, WeightedLossBackward, multi_objective_backward
+from harness.shared_backward import NotShareable, SharedBackward, shared_or_fallback
 from raco import MultiObjectiveBackward
 from tiny import ROOT, tiny_llama
 
@@ -213,6 +213,9 @@ def test_what_it_does_not_cover_falls_back_with_one_line(capsys):
                                       lambda: True)
     assert type(picked) is MultiObjectiveBackward
     assert "parameter lm_head.0.weight belongs to a Conv1d, which it does not cover" in capsys.readouterr().err
+    sharded = shared_or_fallback(config(), model, list(model.parameters()), [0.5, 0.5], "raco", None, ShardedRows)
+    assert type(sharded) is ShardedRows  # what multi_objective_backward passes when the parameters are FSDP2 shards
+    assert capsys.readouterr().err.endswith("per objective: FSDP2 shards the parameters\n")
     model = tiny_llama()
     assert type(multi_objective_backward(config(), model, list(model.parameters()), [0.5, 0.5], "raco", None,
                                          lambda: True)) is SharedBackward and capsys.readouterr().err == ""
