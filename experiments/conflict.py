@@ -268,11 +268,9 @@ def plot(report, path):
 def parse_args(argv=None):
     p = OneLineParser(description=__doc__.split("\n\n")[0])
     sweeps.add_arguments(p, QUICK, FULL)
+    sweeps.add_checkpoint_arguments(p, QUICK, FULL)
     p.add_argument("--levels", help=f"conflict levels (default: {FULL['levels']})")
     p.add_argument("--sweep", help=f"weights of quality (default: {FULL['sweep']}; quick {QUICK['sweep']})")
-    p.add_argument("--lrs", help=f"learning rates (default: {FULL['lrs']}; quick {QUICK['lrs']})")
-    p.add_argument("--points", type=int, help=f"checkpoints scored per run (default: {FULL['points']}; quick "
-                                              f"{QUICK['points']})")
     p.add_argument("--pool-prompts", type=int, help=f"training prompts, 8 candidate responses each (default: "
                                                     f"{FULL['pool_prompts']}; quick {QUICK['pool_prompts']})")
     p.add_argument("--cs", help=f"values of c for CAGrad and RACO at the sharpest level, beside 0.4 (default: "
@@ -288,17 +286,15 @@ def parse_args(argv=None):
     args.method_list = [m for m in args.methods.split(",") if m]
     if not args.method_list or not set(args.method_list) <= set(METHODS):
         raise UsageError(f"--methods: expected some of {', '.join(METHODS)}, got {args.methods!r}")
+    args.lr_list = sweeps.learning_rates(args)
     try:
-        args.lr_list = [float(x) for x in args.lrs.split(",")]
         args.c_list = [float(x) for x in args.cs.split(",") if x]
         args.three_level = float(args.three) if args.three else None
     except ValueError:
-        raise UsageError(f"--lrs, --cs, --three: expected numbers, got {args.lrs!r}, {args.cs!r}, {args.three!r}") \
-            from None
-    if not all(0 < lr < math.inf for lr in args.lr_list) or not all(0 <= c < 1 for c in args.c_list) \
-            or not 1 <= args.points <= args.steps or not 1 <= args.pool_prompts:
-        raise UsageError(f"--lrs, --cs, --points, --pool-prompts: expected positive learning rates, c in [0, 1), "
-                         f"1 <= points <= steps and a positive number of prompts")
+        raise UsageError(f"--cs, --three: expected numbers, got {args.cs!r}, {args.three!r}") from None
+    if not all(0 <= c < 1 for c in args.c_list) or not 1 <= args.pool_prompts:
+        raise UsageError(f"--cs, --pool-prompts: expected values of c in [0, 1) and a positive number of prompts, got "
+                         f"{args.cs!r}, {args.pool_prompts}")
     if args.c_list and not {"cagrad", "raco"} & set(args.method_list):
         raise UsageError(f"--cs: the runs at other values of c need cagrad or raco in --methods, got {args.methods!r}")
     if args.three_level is not None and args.three_level not in args.level_list:

@@ -26,7 +26,6 @@ from experiments import sweeps
 from harness.checkpoints import checkpoints
 from harness.checks import TRAIN_METHODS, weight_values
 from harness.command_line import OneLineParser, run_command
-from harness.errors import UsageError
 from harness.metrics import mean_se
 from harness.models import load_model
 from harness.run_directory import write_json
@@ -64,13 +63,7 @@ def run_frontier(args):
     started = time.time()
     shared = sweeps.prepare(args, QUICK, FULL, minimum=1)
     names, grid, seeds = shared["names"], shared["grid"], shared["seeds"]
-    try:
-        lrs = [float(x) for x in args.lrs.split(",")]
-    except ValueError:
-        raise UsageError(f"--lrs: expected comma-separated learning rates, got {args.lrs!r}") from None
-    if not lrs or not all(0 < lr < math.inf for lr in lrs) or not 1 <= args.points <= args.steps:
-        raise UsageError(f"--lrs, --points: expected positive learning rates and 1 <= points <= steps, got "
-                         f"{args.lrs!r}, {args.points}")
+    lrs = sweeps.learning_rates(args)
     with sweeps.quietly():
         rows = [{"method": "reference", "lr": 0.0, "seed": seed, "step": 0,
                  **sweeps.evaluate_policy(shared["reference"], shared, args,
@@ -205,11 +198,9 @@ def plot_frontiers(rows, shared, path):
 def parse_args(argv=None):
     p = OneLineParser(description=__doc__.split("\n\n")[0])
     sweeps.add_arguments(p, QUICK, FULL)
-    p.add_argument("--lrs", help=f"learning rates (default: {FULL['lrs']}; quick {QUICK['lrs']})")
+    sweeps.add_checkpoint_arguments(p, QUICK, FULL)
     p.add_argument("--sweep", help=f"weights: of the first objective, or colon-separated vectors (default: "
                                    f"{FULL['sweep']}; quick {QUICK['sweep']})")
-    p.add_argument("--points", type=int, help=f"checkpoints scored per run (default: {FULL['points']}; quick "
-                                              f"{QUICK['points']})")
     p.add_argument("--out", default="out/frontier", help="the frontier's directory (default: %(default)s)")
     return sweeps.check_arguments(p.parse_args(argv))
 

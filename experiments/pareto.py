@@ -16,7 +16,6 @@ CAGrad and RACO when the clip matters: how often the dual is interior, how often
 the cosine between the RACO and CAGrad directions, and the cosine between the objectives' gradients.
 Runs already trained are reused, so an interrupted sweep continues.
 """
-import contextlib
 import csv
 import math
 import os

@@ -199,6 +199,25 @@ def add_arguments(p, quick, full):
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP + " (default: %(default)s)")
 
 
+def add_checkpoint_arguments(p, quick, full):
+    """--lrs and --points, for the sweeps that score each run at checkpoints along the way (frontier.py, conflict.py)."""
+    p.add_argument("--lrs", help=f"learning rates (default: {full['lrs']}; quick {quick['lrs']})")
+    p.add_argument("--points", type=int, help=f"checkpoints scored per run (default: {full['points']}; quick "
+                                              f"{quick['points']})")
+
+
+def learning_rates(args):
+    """--lrs as a list of floats, and --points checked against --steps; one line naming them where either is wrong."""
+    try:
+        lrs = [float(x) for x in args.lrs.split(",")]
+    except ValueError:
+        raise UsageError(f"--lrs: expected comma-separated learning rates, got {args.lrs!r}") from None
+    if not lrs or not all(0 < lr < math.inf for lr in lrs) or not 1 <= args.points <= args.steps:
+        raise UsageError(f"--lrs, --points: expected positive learning rates and 1 <= points <= steps, got "
+                         f"{args.lrs!r}, {args.points}")
+    return lrs
+
+
 def check_arguments(args):
     """The common flags' checks, and --out writable, before anything loads."""
     check_positive(args, ("pairs", "prompts", "samples", "steps", "batch_size", "max_new_tokens"))
