@@ -209,13 +209,14 @@ def write_markdown(report):
                      f"{e['cosine']:+.3f} | {e['interior']:.2f} | {e['clip_changed']:.2f} | {e['clip_degrees']:.1f} | "
                      f"{cell(e, 'raco_minus_lw')} | {cell(e, 'raco_minus_cagrad')} | {cell(e, 'cagrad_minus_lw')} | "
                      f"{e['kl_budget']:.3g} | " + " | ".join(cell(shares, m) .lstrip("+") for m in METHODS) + " |")
-    if report["c"]:
-        lines += ["", f"## c at the sharpest level ({report['c'][0]['level']:g})", "",
+    if report["c"]:  # the levels' own runs are c = 0.4's
+        sharpest = {**report["levels"][-1], "c": 0.4}
+        lines += ["", f"## c at the sharpest level ({sharpest['level']:g})", "",
                   "| c | dual interior | clip turns d | by (deg) | RACO - LW | RACO - CAGrad | CAGrad - LW |",
                   "|---" * 7 + "|"]
         lines += [f"| {e['c']:g} | {e['interior']:.2f} | {e['clip_changed']:.2f} | {e['clip_degrees']:.1f} | "
                   f"{cell(e, 'raco_minus_lw')} | {cell(e, 'raco_minus_cagrad')} | {cell(e, 'cagrad_minus_lw')} |"
-                  for e in report["c"]]
+                  for e in sorted(report["c"] + [sharpest], key=lambda e: e["c"])]
     if "three_objectives" in report:
         e = report["three_objectives"]
         lines += ["", f"## Three objectives at level {e['level']:g} (weights {THREE})", "",

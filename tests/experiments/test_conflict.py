@@ -70,7 +70,10 @@ def test_the_command_builds_each_level_trains_every_method_and_writes_its_report
         with open(out / "data" / f"level-{level}" / "world_train.jsonl") as f:
             kinds = {json.loads(line)["kind"] for line in f}
         assert kinds == ({"conflict"} if level == "1" else {"agree", "waste"})
-    assert "| level | conflict pairs |" in (out / "conflict.md").read_text()
+    markdown = (out / "conflict.md").read_text()
+    assert "| level | conflict pairs |" in markdown
+    c_table = markdown.split("## c at the sharpest level (1)")[1].split("##")[0]
+    assert [row.split(" | ")[0] for row in c_table.splitlines() if row[:3] in ("| 0", "| 1")] == ["| 0.4", "| 0.7"]
     assert (out / "conflict.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     trained = {d: os.path.getmtime(out / "runs" / d) for d in os.listdir(out / "runs")}
     capsys.readouterr()
