@@ -360,7 +360,7 @@ def test_expected_front_and_its_hypervolume_by_hand():
     # area: the rectangle left of the first vertex, then three trapezoids
     area = vertices[0][0] * vertices[0][1] + sum((b[0] - a[0]) * (a[1] + b[1]) / 2
                                                  for a, b in zip(vertices, vertices[1:]))
-    assert area == F(3865, 6048)  # 0.6391: the "about 0.64"
+    assert area == F(3865, 6048)  # 0.6391, the hypervolume docs/world.md states
     assert front_hypervolume_2d(front, (0, 0)) == pytest.approx(float(area), abs=1e-15)
     # faithfulness is 1 all along: the triple front is the pair front at faithfulness 1, and faithfulness alone
     # conflicts with neither (state every fact; state one)
