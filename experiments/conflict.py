@@ -1,6 +1,6 @@
 """When does conflict aversion matter? DPO-LW, CAGrad and RACO on the embedded world at chosen conflict levels.
 
-    python experiments/conflict.py          # 4 levels x 3 weights x 5 seeds x 3 learning rates, and c, and m = 3
+    python experiments/conflict.py          # 4 levels x 3 weights x 5 seeds x 2 learning rates, and c, and m = 3
     python experiments/conflict.py --quick  # 4 levels, one weighting, 2 seeds, 2 learning rates (< 10 min, 2 CPUs)
 
 The world's training pairs are built at each conflict level (world.conflict_pairs, experiments/world_build.py): the
@@ -180,7 +180,7 @@ def settings(args):
     return {k: getattr(args, k) for k in keys}
 
 
-def cell(entry, key, digits=3):
+def cell(entry, key, digits=4):
     """mean ± standard error; "-" where there is none (no KL that every run reached)."""
     value = entry.get(key)
     if value is None or value["mean"] is None or math.isnan(value["mean"]):
@@ -188,6 +188,11 @@ def cell(entry, key, digits=3):
     if value["se"] is None or math.isnan(value["se"]):
         return f"{value['mean']:+.{digits}f} (one seed)"
     return f"{value['mean']:+.{digits}f} ± {value['se']:.{digits}f}"
+
+
+def differences(entry):
+    """The three matched-KL differences, as table cells."""
+    return " | ".join(cell(entry, f"{a}_minus_{b}") for a, b in COMPARISONS)
 
 
 def write_markdown(report):
@@ -207,15 +212,15 @@ def write_markdown(report):
         shares = e["hypervolume_share"]
         lines.append(f"| {e['level']:g} | {e['conflict_share']:.2f} | {e['opposite_labels']:.2f} | "
                      f"{e['cosine']:+.3f} | {e['interior']:.2f} | {e['clip_changed']:.2f} | {e['clip_degrees']:.1f} | "
-                     f"{cell(e, 'raco_minus_lw')} | {cell(e, 'raco_minus_cagrad')} | {cell(e, 'cagrad_minus_lw')} | "
-                     f"{e['kl_budget']:.3g} | " + " | ".join(cell(shares, m) .lstrip("+") for m in METHODS) + " |")
+                     f"{differences(e)} | "
+                     f"{e['kl_budget']:.3g} | " + " | ".join(cell(shares, m, 3).lstrip("+") for m in METHODS) + " |")
     if report["c"]:  # the levels' own runs are c = 0.4's
         sharpest = {**report["levels"][-1], "c": 0.4}
         lines += ["", f"## c at the sharpest level ({sharpest['level']:g})", "",
                   "| c | dual interior | clip turns d | by (deg) | RACO - LW | RACO - CAGrad | CAGrad - LW |",
                   "|---" * 7 + "|"]
         lines += [f"| {e['c']:g} | {e['interior']:.2f} | {e['clip_changed']:.2f} | {e['clip_degrees']:.1f} | "
-                  f"{cell(e, 'raco_minus_lw')} | {cell(e, 'raco_minus_cagrad')} | {cell(e, 'cagrad_minus_lw')} |"
+                  f"{differences(e)} |"
                   for e in sorted(report["c"] + [sharpest], key=lambda e: e["c"])]
     if "three_objectives" in report:
         e = report["three_objectives"]
@@ -224,7 +229,7 @@ def write_markdown(report):
                   "| CAGrad - LW |",
                   "|---" * 7 + "|",
                   f"| {e['cosine']:+.3f} | {e['interior']:.2f} | {e['clip_changed']:.2f} | {e['clip_degrees']:.1f} | "
-                  f"{cell(e, 'raco_minus_lw')} | {cell(e, 'raco_minus_cagrad')} | {cell(e, 'cagrad_minus_lw')} |"]
+                  f"{differences(e)} |"]
     return "\n".join(lines) + "\n"
 
 
