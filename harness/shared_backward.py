@@ -85,7 +85,10 @@ def uncovered(model, params):
 
 
 def shared_or_fallback(cfg, model, params, weights, method, names, fallback):
-    """SharedBackward where it applies; else fallback (the per-objective class), with one line on stderr saying why."""
+    """SharedBackward where it applies; else fallback (the per-objective class), with one line on stderr saying why.
+    One objective needs no sharing: its own backward pass is the one pass, without the hooks' work."""
+    if len(weights) == 1:
+        return fallback(params, weights, method, cfg.c, names)
     why = ("gradient checkpointing recomputes the forward pass inside the backward one" if cfg.gradient_checkpointing
            else "FSDP2 shards the parameters" if fallback is not MultiObjectiveBackward else uncovered(model, params))
     if not why:

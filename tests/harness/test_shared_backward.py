@@ -219,6 +219,8 @@ def test_what_it_does_not_cover_falls_back_with_one_line(capsys):
     model = tiny_llama()
     assert type(multi_objective_backward(config(), model, list(model.parameters()), [0.5, 0.5], "raco", None,
                                          lambda: True)) is SharedBackward and capsys.readouterr().err == ""
+    one = multi_objective_backward(config(), model, list(model.parameters()), [1.0], "raco", None, lambda: True)
+    assert type(one) is MultiObjectiveBackward and capsys.readouterr().err == ""  # one objective: one pass already
 
 
 class ScaledEmbedding(torch.nn.Embedding):
