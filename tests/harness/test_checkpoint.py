@@ -280,8 +280,13 @@ def test_a_signal_outside_the_loop_is_one_line_saying_what_is_left(how, code, ca
     def loading_a_model():
         os.kill(os.getpid(), how)
         time.sleep(10)  # the signal arrives first
-    with pytest.raises(SystemExit) as stop:
-        command_line.run_command(loading_a_model, interrupted=lambda: "what is left")
+    # Ctrl-C as a terminal delivers it, also where pytest runs as a background job (which starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            command_line.run_command(loading_a_model, interrupted=lambda: "what is left")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stop.value.code == code and capsys.readouterr().err == "\ninterrupted: what is left\n"
 
 
