@@ -50,21 +50,16 @@ def train_and_score(args, level, data, names, sweep, methods, c=0.4, tag=""):
     args.data, args.objectives, args.sweep = os.path.join(data, "world_train.jsonl"), ",".join(names), sweep
     args.methods = ",".join(methods)
     shared = sweeps.prepare(args, QUICK, FULL, minimum=1)
-    rows = [{"method": "reference", "lr": 0.0, "seed": seed, "step": 0,
-             **sweeps.evaluate_policy(shared["reference"], shared, args, sweeps.train_config(args, names, seed=seed))}
-            for seed in shared["seeds"]]
+    rows = frontier.reference_rows(shared, args)
     runs = [(m, w, lr, seed) for seed in shared["seeds"] for m in shared["methods"] for w in shared["grid"]
             for lr in args.lr_list]
     label = f"level {level:g}{f', c {c:g}' if c != 0.4 else ''}{', m = 3' if len(names) == 3 else ''}"
     for method, w, lr, seed in tqdm(runs, desc=label, unit="run", dynamic_ncols=True):
-        weights = ",".join(f"{x:g}" for x in w)
-        out = os.path.join(args.out, "runs", f"level-{level:g}{tag}",
-                           f"{method}-w{weights.replace(',', '-')}-lr{lr:g}-s{seed}")
-        cfg = sweeps.train_config(args, names, method=method, weights=weights, seed=seed, lr=lr, c=c,
-                                  save_every=max(1, args.steps // args.points), keep_checkpoints=args.points, out=out)
+        cfg = frontier.point_config(args, names, method, w, lr, seed,
+                                    os.path.join(args.out, "runs", f"level-{level:g}{tag}"), c=c)
         with sweeps.quietly():
             points, _ = frontier.run_points(cfg, shared, args, names)
-        diagnostics = sweeps.run_diagnostics(out, names)
+        diagnostics = sweeps.run_diagnostics(cfg.out, names)
         rows += [{**point, "c": c, **diagnostics} for point in points]
     return rows, shared
 

@@ -58,6 +58,24 @@ def run_points(cfg, shared, args, names):
     return rows, reused
 
 
+def reference_rows(shared, args):
+    """The reference model scored once per seed (its samples follow the seed): every frontier starts at it, KL 0."""
+    return [{"method": "reference", "lr": 0.0, "seed": seed, "step": 0,
+             **sweeps.evaluate_policy(shared["reference"], shared, args,
+                                      sweeps.train_config(args, shared["names"], seed=seed))}
+            for seed in shared["seeds"]]
+
+
+def point_config(args, names, method, w, lr, seed, runs, **fields):
+    """The train.Config of one run that keeps --points checkpoints to score, in runs/<method>-w<w>-lr<lr>-s<seed>;
+    `fields` override (conflict.py's c)."""
+    weights = ",".join(f"{x:g}" for x in w)
+    return sweeps.train_config(args, names, method=method, weights=weights, seed=seed, lr=lr,
+                               save_every=max(1, args.steps // args.points), keep_checkpoints=args.points,
+                               out=os.path.join(runs, f"{method}-w{weights.replace(',', '-')}-lr{lr:g}-s{seed}"),
+                               **fields)
+
+
 def run_frontier(args):
     from tqdm import tqdm
     started = time.time()
@@ -65,22 +83,16 @@ def run_frontier(args):
     names, grid, seeds = shared["names"], shared["grid"], shared["seeds"]
     lrs = sweeps.learning_rates(args)
     with sweeps.quietly():
-        rows = [{"method": "reference", "lr": 0.0, "seed": seed, "step": 0,
-                 **sweeps.evaluate_policy(shared["reference"], shared, args,
-                                          sweeps.train_config(args, names, seed=seed))}
-                for seed in seeds]
+        rows = reference_rows(shared, args)
     runs = [(m, w, lr, seed) for seed in seeds for m in shared["methods"] for w in grid for lr in lrs]
     progress, reused_runs = tqdm(runs, desc="frontier", unit="run", dynamic_ncols=True), 0
     for method, w, lr, seed in progress:
-        tag = "-".join(f"{x:g}" for x in w)
-        cfg = sweeps.train_config(args, names, method=method, weights=",".join(f"{x:g}" for x in w), seed=seed,
-                                  lr=lr, save_every=max(1, args.steps // args.points), keep_checkpoints=args.points,
-                                  out=os.path.join(args.out, "runs", f"{method}-w{tag}-lr{lr:g}-s{seed}"))
+        cfg = point_config(args, names, method, w, lr, seed, os.path.join(args.out, "runs"))
         with sweeps.quietly():
             points, reused = run_points(cfg, shared, args, names)
         rows += points
         reused_runs += reused
-        progress.set_postfix_str(f"{method} w=({tag}) lr {lr:g} seed {seed}: kl "
+        progress.set_postfix_str(f"{method} w=({'-'.join(f'{x:g}' for x in w)}) lr {lr:g} seed {seed}: kl "
                                  + ", ".join(f"{p['kl']:.2f}" for p in points))
     progress.close()
     if reused_runs:
