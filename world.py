@@ -249,7 +249,6 @@ def pareto_front(points):
     return [p for p in points if not any(dominates(q, p) for q in points)]
 
 
-
 def front_responses(prompt):
     """The only responses that can be on a prompt's Pareto front: its first k facts, bare, for k = 1..n.
 

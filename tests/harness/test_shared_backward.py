@@ -242,7 +242,7 @@ class TiedHead(torch.nn.Module):
 
 
 def test_an_embedding_with_a_forward_of_its_own_goes_through_its_own_backward(world_batch):
-    base, batch = world_batch
+    _, batch = world_batch
     policy = tiny_llama(3, vocab_size=64)
     scaled = ScaledEmbedding(64, 16)
     scaled.load_state_dict(policy.model.embed_tokens.state_dict())
